@@ -1,0 +1,125 @@
+{{/* Names, labels and shared pod settings. Every template takes its names from here. */}}
+
+{{- define "facility.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The base of every object name: <release>-<chart>, or the release alone if it holds the chart name. */}}
+{{- define "facility.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "facility.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The name of one component's object: (dict "root" $ "component" "hub") -> <fullname>-hub. */}}
+{{- define "facility.componentName" -}}
+{{- printf "%s-%s" (include "facility.fullname" .root | trunc 50 | trimSuffix "-") .component -}}
+{{- end -}}
+
+{{- define "facility.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "facility.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "facility.labels" -}}
+{{ include "facility.selectorLabels" . }}
+app.kubernetes.io/part-of: {{ include "facility.name" .root }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* metadata: name, namespace and labels of one component's object. */}}
+{{- define "facility.metadata" -}}
+name: {{ include "facility.componentName" . }}
+namespace: {{ .root.Release.Namespace }}
+labels:
+  {{- include "facility.labels" . | nindent 2 }}
+{{- end -}}
+
+{{/* An image reference from {repository, tag}: (dict "root" $ "image" .Values.hub.image). */}}
+{{- define "facility.image" -}}
+{{- $repository := .image.repository -}}
+{{- with .root.Values.imageRegistry }}{{ $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}{{ end -}}
+{{- printf "%s:%s" $repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/*
+The pod-level part of a spec shared by every component: pull secrets, scheduling, and the
+security context of Pod Security "restricted". (dict "root" $ "values" .Values.hub)
+*/}}
+{{- define "facility.podCommon" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 1000
+  runAsGroup: 1000
+  fsGroup: 1000
+  seccompProfile:
+    type: RuntimeDefault
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The container security context of Pod Security "restricted", shared by every container. */}}
+{{- define "facility.containerSecurityContext" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: [ALL]
+{{- end -}}
+
+{{/* The Secret holding the hub's cookie secret and proxy token. */}}
+{{- define "facility.hubSecretName" -}}
+{{- .Values.hub.existingSecret | default (include "facility.componentName" (dict "root" . "component" "hub-secret")) -}}
+{{- end -}}
+
+{{/* The public URL of the hub. */}}
+{{- define "facility.publicUrl" -}}
+{{- $port := int .Values.edge.service.port -}}
+{{- printf "https://%s%s" (.Values.edge.host | default "<edge address>") (eq $port 443 | ternary "" (printf ":%d" $port)) -}}
+{{- end -}}
+
+{{/* NetworkPolicy egress rule: cluster DNS. */}}
+{{- define "facility.egressDns" -}}
+# Cluster DNS.
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+{{- end -}}
+
+{{/* NetworkPolicy egress rule: the Kubernetes API server. */}}
+{{- define "facility.egressKubeApi" -}}
+# The Kubernetes API server.
+- ports:
+    {{- range .Values.networkPolicy.kubeApiPorts }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+{{- end -}}

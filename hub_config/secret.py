@@ -1,0 +1,82 @@
+"""Create the hub's random secrets at run time, once.
+
+The chart never generates secrets in a template (renders must be deterministic for GitOps), so
+the hub's init container calls this module: it makes the Secret with a cookie secret and a
+proxy token if it does not exist yet, owned by the hub Deployment so that uninstalling the
+release removes it. An existing Secret is left exactly as it is.
+
+usage: python -m hub_config.secret --secret NAME --owner-deployment NAME [--namespace NS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def new_secret_data() -> dict[str, str]:
+    """Fresh random values: a 32-byte hex cookie secret (what JupyterHub expects) and a token."""
+    return {"cookie-secret": secrets.token_hex(32), "proxy-token": secrets.token_hex(32)}
+
+
+def ensure_secret(api: client.ApiClient, namespace: str, name: str, owner_deployment: str) -> bool:
+    """Create the Secret if missing. Returns True if it was created, False if it existed."""
+    core = client.CoreV1Api(api)
+    try:
+        core.read_namespaced_secret(name, namespace)
+        return False
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    owner = client.AppsV1Api(api).read_namespaced_deployment(owner_deployment, namespace)
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(
+            name=name,
+            labels=owner.metadata.labels,
+            owner_references=[
+                client.V1OwnerReference(
+                    api_version="apps/v1",
+                    kind="Deployment",
+                    name=owner.metadata.name,
+                    uid=owner.metadata.uid,
+                )
+            ],
+        ),
+        type="Opaque",
+        string_data=new_secret_data(),
+    )
+    try:
+        core.create_namespaced_secret(namespace, body)
+    except ApiException as error:
+        if error.status == 409:  # another hub start won the race: keep its values
+            return False
+        raise
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--secret", required=True, help="name of the Secret to ensure")
+    parser.add_argument("--owner-deployment", required=True, help="Deployment that owns it")
+    parser.add_argument("--namespace", help="default: the pod's own namespace")
+    args = parser.parse_args(argv)
+    namespace = args.namespace or SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:  # outside a pod (tests, an admin's shell): use kubeconfig
+        config.load_kube_config()
+    with client.ApiClient() as api:
+        created = ensure_secret(api, namespace, args.secret, args.owner_deployment)
+    print(f"secret {namespace}/{args.secret}: {'created' if created else 'exists, kept'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

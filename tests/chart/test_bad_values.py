@@ -1,0 +1,79 @@
+"""Bad values fail at `helm lint` and at install time, with a message that names the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import CHART, helm
+
+HOST = {"edge": {"host": "af.example.org"}}
+
+# (case, values, what the error message must name)
+CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("wrong type", {"edge": {"replicas": "two"}}, "/edge/replicas"),
+    ("unknown top-level key", {"hubb": {}}, "'hubb'"),
+    ("unknown nested key", {"hub": {"image": {"repo": "x"}}}, "'repo'"),
+    ("unknown auth type", {"auth": {"type": "github"}}, "/auth/type"),
+    ("negative memory", {"hub": {"resources": {"limits": {"memory": "-1Gi"}}}}, "/hub/resources/limits/memory"),
+    ("negative cpu number", {"proxy": {"resources": {"requests": {"cpu": -1}}}}, "/proxy/resources/requests/cpu"),
+    ("not a quantity", {"edge": {"resources": {"limits": {"memory": "lots"}}}}, "/edge/resources/limits/memory"),
+    ("port out of range", {"edge": {"service": {"port": 70000}}}, "/edge/service/port"),
+    ("host not a DNS name", {"edge": {"host": "AF.example.org/hub"}}, "/edge/host"),
+    ("bad env name", {"hub": {"extraEnv": {"1BAD": "x"}}}, "/hub/extraEnv"),
+    ("zero replicas", {"edge": {"replicas": 0}}, "/edge/replicas"),
+    (
+        "oidc login without client id",
+        {**HOST, "auth": {"type": "oidc", "oidc": {"issuer": "https://iam.example.org/"}}},
+        "/auth/clientId",
+    ),
+    (
+        "cilogon login without client secret",
+        {**HOST, "auth": {"type": "cilogon", "clientId": "cilogon:/client_id/1"}},
+        "/auth/clientSecret",
+    ),
+    (
+        "cern login without host",
+        {"auth": {"type": "cern", "existingSecret": "cern-client"}},
+        "/edge/host",
+    ),
+    (
+        "oidc without issuer or endpoints",
+        {**HOST, "auth": {"type": "oidc", "existingSecret": "iam-client"}},
+        "/auth/oidc/authorizeUrl",
+    ),
+    ("external db without url", {"hub": {"db": {"type": "url"}}}, "/hub/db/url"),
+    ("negative volume size", {"hub": {"db": {"pvc": {"storage": "-5Gi"}}}}, "/hub/db/pvc/storage"),
+    (
+        "node port on a ClusterIP service",
+        {"edge": {"service": {"type": "ClusterIP", "nodePort": 30443}}},
+        "/edge/service/nodePort",
+    ),
+]
+
+
+@pytest.fixture(params=CASES, ids=[case[0] for case in CASES])
+def bad(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
+    _, values, message = request.param
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path, message
+
+
+def test_lint_names_the_key(bad: tuple[Path, str]) -> None:
+    values, message = bad
+    done = helm("lint", "--strict", str(CHART), "-f", str(values), check=False)
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+
+
+def test_install_names_the_key(bad: tuple[Path, str]) -> None:
+    # --dry-run=client: helm's own install path (schema, then templates) without a cluster.
+    values, message = bad
+    done = helm("install", "af", str(CHART), "--dry-run=client", "-f", str(values), check=False)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "panic" not in done.stderr

@@ -1,0 +1,105 @@
+"""What every rendered object must be: labelled, namespaced, restricted, and fenced in."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.render import VALUES_DIR, VALUES_FILES, objects, render
+
+POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+COMPONENTS = {"hub", "proxy", "edge"}
+
+
+def rendered(values: Path) -> list[dict[str, Any]]:
+    return objects(render(values))
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_every_object_is_labelled_and_namespaced(values: Path) -> None:
+    for obj in rendered(values):
+        meta = obj["metadata"]
+        labels = meta.get("labels", {})
+        where = f"{obj['kind']}/{meta['name']}"
+        assert labels.get("app.kubernetes.io/instance") == "af", where
+        assert labels.get("app.kubernetes.io/managed-by") == "Helm", where
+        assert "app.kubernetes.io/component" in labels, where
+        assert meta.get("namespace") == "facility", where
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """The Pod Security "restricted" rules, checked statically (the API server checks too)."""
+    problems = []
+    context = pod.get("securityContext", {})
+    if context.get("runAsNonRoot") is not True:
+        problems.append("pod runAsNonRoot is not true")
+    if context.get("seccompProfile", {}).get("type") not in {"RuntimeDefault", "Localhost"}:
+        problems.append("pod seccompProfile is not RuntimeDefault")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"pod sets {key}")
+    for volume in pod.get("volumes", []):
+        if "hostPath" in volume:
+            problems.append(f"volume {volume['name']} is a hostPath")
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        sc = container.get("securityContext", {})
+        name = container["name"]
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append(f"{name}: capabilities are not drop [ALL]")
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if sc.get("runAsUser") == 0 or context.get("runAsUser") == 0:
+            problems.append(f"{name}: runs as root")
+        for port in container.get("ports", []):
+            if "hostPort" in port:
+                problems.append(f"{name}: hostPort")
+    return problems
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_every_pod_meets_pod_security_restricted(values: Path) -> None:
+    pods = [o for o in rendered(values) if o["kind"] in POD_OWNERS]
+    assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods} == COMPONENTS
+    for owner in pods:
+        assert restricted_violations(owner["spec"]["template"]["spec"]) == [], owner["metadata"]
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_every_component_has_a_network_policy(values: Path) -> None:
+    objs = rendered(values)
+    policies = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]: o["spec"]
+        for o in objs
+        if o["kind"] == "NetworkPolicy"
+    }
+    assert set(policies) == COMPONENTS
+    for component, spec in policies.items():
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_network_policies_can_be_switched_off() -> None:
+    objs = objects(render(VALUES_DIR / "defaults.yaml", "facility", "--set", "networkPolicy.enabled=false"))
+    assert [o for o in objs if o["kind"] == "NetworkPolicy"] == []
+
+
+def test_only_the_hub_holds_a_service_account_token() -> None:
+    for owner in rendered(VALUES_DIR / "defaults.yaml"):
+        if owner["kind"] == "Deployment" and owner["metadata"]["name"].endswith("-proxy"):
+            assert owner["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_hub_receives_the_values_whole() -> None:
+    objs = rendered(VALUES_DIR / "everything.yaml")
+    secret = next(o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "analysis-hub-values")
+    values = yaml.safe_load(base64.b64decode(secret["data"]["values.yaml"]))
+    assert values["hub"]["config"] == {"JupyterHub": {"concurrent_spawn_limit": 50}}
+    release = yaml.safe_load(base64.b64decode(secret["data"]["release.yaml"]))
+    assert release["names"]["proxyApi"] == "analysis-proxy-api"
+    assert release["namespace"] == "facility"

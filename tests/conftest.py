@@ -1,0 +1,85 @@
+"""Shared helpers: where the project's tools and local cluster are, and how to call them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "facility"
+TOOLS = ROOT / ".tools" / "bin"
+CLUSTER_DIR = Path(os.environ.get("FACILITY_CLUSTER_DIR", ROOT / ".cluster"))
+KUBECONFIG = CLUSTER_DIR / "kubeconfig"
+
+
+def tool(name: str) -> str:
+    """The path of a tool built by ci/tools; fails the test with the fix if it is missing."""
+    path = TOOLS / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make tools` (ci/tools) first")
+    return str(path)
+
+
+def run(
+    args: Sequence[str],
+    *,
+    check: bool = True,
+    input: str | None = None,  # noqa: A002 - the name subprocess uses
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command against the local cluster; on an unexpected failure, show its output."""
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    done = subprocess.run(
+        list(args), capture_output=True, text=True, input=input, env=env, timeout=timeout
+    )
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 60) -> object:
+    """Poll until condition() is truthy and return its value; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def helm(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return run([tool("helm"), *args], **kwargs)  # type: ignore[arg-type]
+
+
+def kubectl(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return run([tool("kubectl"), *args], **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Path:
+    """The local cluster from ci/cluster; `make test` starts it. Fails (not skips) if it is down."""
+    done = subprocess.run(
+        [str(ROOT / "ci" / "cluster"), "status"], capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        pytest.fail(f"the local cluster is not running (ci/cluster up):\n{done.stdout}{done.stderr}")
+    return KUBECONFIG
+
+
+@pytest.fixture
+def namespace(cluster: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace that enforces Pod Security "restricted", deleted after the test."""
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").rstrip("]")[:50]
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")
+    kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=true")
+    kubectl("create", "namespace", name)
+    kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
