@@ -1,1 +1,1 @@
-"""Turns the facility chart's values into JupyterHub configuration, and prepares the hub's secrets."""
+"""The hub's side of the chart: chart values to JupyterHub configuration, and run-time secrets."""

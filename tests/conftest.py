@@ -29,7 +29,7 @@ def run(
     args: Sequence[str],
     *,
     check: bool = True,
-    input: str | None = None,  # noqa: A002 - the name subprocess uses
+    input: str | None = None,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command against the local cluster; on an unexpected failure, show its output."""
@@ -69,7 +69,9 @@ def cluster() -> Path:
         [str(ROOT / "ci" / "cluster"), "status"], capture_output=True, text=True, timeout=60
     )
     if done.returncode != 0:
-        pytest.fail(f"the local cluster is not running (ci/cluster up):\n{done.stdout}{done.stderr}")
+        pytest.fail(
+            f"the local cluster is not running (ci/cluster up):\n{done.stdout}{done.stderr}"
+        )
     return KUBECONFIG
 
 

@@ -37,7 +37,9 @@ def test_namespace_really_enforces_restricted(namespace: str) -> None:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "root-pod"},
-        "spec": {"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]},
+        "spec": {
+            "containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]
+        },
     }
     done = kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
     assert done.returncode != 0
@@ -52,8 +54,14 @@ def namespaced_kinds() -> list[str]:
 def release_objects(namespace: str) -> set[str]:
     """Every namespaced object labelled as part of the release, as kind/name."""
     done = kubectl(
-        "get", ",".join(namespaced_kinds()), "-n", namespace,
-        "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name",
+        "get",
+        ",".join(namespaced_kinds()),
+        "-n",
+        namespace,
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "-o",
+        "name",
     )
     return set(done.stdout.split())
 
@@ -61,8 +69,16 @@ def release_objects(namespace: str) -> set[str]:
 @pytest.fixture
 def installed(namespace: str) -> Iterator[str]:
     helm(
-        "install", RELEASE, str(CHART), "-n", namespace, "-f", str(DEV),
-        "--wait", "--timeout=5m", timeout=330,
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        "-f",
+        str(DEV),
+        "--wait",
+        "--timeout=5m",
+        timeout=330,
     )
     yield namespace
     helm("uninstall", RELEASE, "-n", namespace, "--ignore-not-found", check=False)
@@ -70,8 +86,14 @@ def installed(namespace: str) -> Iterator[str]:
 
 def ready_replicas(namespace: str, component: str) -> int:
     done = kubectl(
-        "get", "deployment", "-n", namespace, "-o", "json",
-        "-l", f"app.kubernetes.io/component={component}",
+        "get",
+        "deployment",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+        "-l",
+        f"app.kubernetes.io/component={component}",
     )
     (deployment,) = json.loads(done.stdout)["items"]
     return deployment["status"].get("readyReplicas", 0)
@@ -85,12 +107,27 @@ def test_install_upgrade_uninstall(installed: str) -> None:
     assert "forbidden" not in events.stdout
 
     helm(
-        "upgrade", RELEASE, str(CHART), "-n", namespace, "-f", str(DEV),
-        "--set", "edge.replicas=2", "--set", "hub.extraEnv.FACILITY_TEST=upgraded",
-        "--wait", "--timeout=5m", timeout=330,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        "-f",
+        str(DEV),
+        "--set",
+        "edge.replicas=2",
+        "--set",
+        "hub.extraEnv.FACILITY_TEST=upgraded",
+        "--wait",
+        "--timeout=5m",
+        timeout=330,
     )
     assert ready_replicas(namespace, "edge") == 2
-    hub = json.loads(kubectl("get", "deployment", f"{RELEASE}-facility-hub", "-n", namespace, "-o", "json").stdout)
+    hub = json.loads(
+        kubectl(
+            "get", "deployment", f"{RELEASE}-facility-hub", "-n", namespace, "-o", "json"
+        ).stdout
+    )
     env = hub["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "FACILITY_TEST", "value": "upgraded"} in env
 

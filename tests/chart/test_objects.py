@@ -85,7 +85,9 @@ def test_every_component_has_a_network_policy(values: Path) -> None:
 
 
 def test_network_policies_can_be_switched_off() -> None:
-    objs = objects(render(VALUES_DIR / "defaults.yaml", "facility", "--set", "networkPolicy.enabled=false"))
+    objs = objects(
+        render(VALUES_DIR / "defaults.yaml", "facility", "--set", "networkPolicy.enabled=false")
+    )
     assert [o for o in objs if o["kind"] == "NetworkPolicy"] == []
 
 
@@ -97,7 +99,9 @@ def test_only_the_hub_holds_a_service_account_token() -> None:
 
 def test_hub_receives_the_values_whole() -> None:
     objs = rendered(VALUES_DIR / "everything.yaml")
-    secret = next(o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "analysis-hub-values")
+    secret = next(
+        o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "analysis-hub-values"
+    )
     values = yaml.safe_load(base64.b64decode(secret["data"]["values.yaml"]))
     assert values["hub"]["config"] == {"JupyterHub": {"concurrent_spawn_limit": 50}}
     release = yaml.safe_load(base64.b64decode(secret["data"]["release.yaml"]))
