@@ -11,10 +11,12 @@ usage: python -m hub_config.secret --secret NAME --owner-deployment NAME [--name
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 from pathlib import Path
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -61,6 +63,14 @@ def ensure_secret(api: client.ApiClient, namespace: str, name: str, owner_deploy
     return True
 
 
+def api_message(error: ApiException) -> str:
+    """The API server's own explanation, from the Status object in the error body."""
+    try:
+        return str(json.loads(error.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(error.body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--secret", required=True, help="name of the Secret to ensure")
@@ -73,7 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigException:  # outside a pod (tests, an admin's shell): use kubeconfig
         config.load_kube_config()
     with client.ApiClient() as api:
-        created = ensure_secret(api, namespace, args.secret, args.owner_deployment)
+        try:
+            created = ensure_secret(api, namespace, args.secret, args.owner_deployment)
+        except ApiException as error:
+            print(
+                f"cannot ensure secret {namespace}/{args.secret} (owner: Deployment "
+                f"{args.owner_deployment}): {error.status} {error.reason}: {api_message(error)}",
+                file=sys.stderr,
+            )
+            return 1
+        except urllib3.exceptions.HTTPError as error:
+            print(f"cannot reach the Kubernetes API server: {error}", file=sys.stderr)
+            return 1
     print(f"secret {namespace}/{args.secret}: {'created' if created else 'exists, kept'}")
     return 0
 

@@ -1,0 +1,63 @@
+# The project's entry points. `make help` lists them; the README explains the first two.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PYTEST := $(VENV)/bin/python -m pytest
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+.PHONY: help up down tools cluster-up cluster-down cluster-status venv lint \
+        test test-unit test-chart test-integration test-cluster clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
+
+up: ## Bring the facility up: tools, local cluster, chart (development values)
+	ci/up
+
+down: ## Remove the facility and stop the local cluster (deletes all its data)
+	ci/cluster down
+
+tools: ## Build the pinned tools from their Go modules into ~/.cache/facility
+	ci/tools
+
+cluster-up: tools ## Start the local Kubernetes cluster (ci/cluster)
+	ci/cluster up
+
+cluster-down: ## Stop the local cluster and remove its state
+	ci/cluster down
+
+cluster-status: ## Show the local cluster's components and nodes
+	ci/cluster status
+
+venv: $(VENV)/.installed ## Python environment with the pinned test dependencies
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+lint: venv tools ## ruff, shell syntax, helm lint --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	for script in ci/tools ci/cluster ci/up ci/traefik-crds .ci/run; do bash -n $$script; done
+	helm lint --strict charts/facility
+
+test: lint cluster-up ## Run every test layer (starts the local cluster)
+	$(PYTEST) tests
+
+test-unit: venv ## Unit tests (pure Python, seconds)
+	$(PYTEST) tests/unit
+
+test-chart: venv tools ## Chart tests: lint, render, schema; API checks need cluster-up
+	$(PYTEST) tests/chart
+
+test-integration: venv tools ## Integration tests (real processes on loopback)
+	$(PYTEST) tests/integration
+
+test-cluster: venv tools ## Tests of ci/cluster itself (a second cluster on other ports)
+	$(PYTEST) tests/cluster
+
+clean: ## Remove the virtualenv and tool links (the tool cache in ~/.cache stays)
+	rm -rf $(VENV) .tools

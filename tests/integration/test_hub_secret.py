@@ -1,0 +1,75 @@
+"""hub_config.secret against the real API server: created once, kept, removed with its owner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import KUBECONFIG, ROOT, kubectl, wait_for
+
+pytestmark = pytest.mark.cluster
+
+OWNER = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "hub", "labels": {"app.kubernetes.io/component": "hub"}},
+    "spec": {
+        "replicas": 0,
+        "selector": {"matchLabels": {"app": "hub"}},
+        "template": {
+            "metadata": {"labels": {"app": "hub"}},
+            "spec": {"containers": [{"name": "hub", "image": "facility/hub"}]},
+        },
+    },
+}
+
+
+def ensure(namespace: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "hub_config.secret", "--namespace", namespace,
+         "--secret", "hub-secret", "--owner-deployment", "hub"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def secret(namespace: str) -> dict:
+    return json.loads(kubectl("get", "secret", "hub-secret", "-n", namespace, "-o", "json").stdout)
+
+
+def test_created_once_kept_and_owned(namespace: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(OWNER))
+    assert "created" in ensure(namespace)
+    first = secret(namespace)
+    assert set(first["data"]) == {"cookie-secret", "proxy-token"}
+    owner = json.loads(kubectl("get", "deployment", "hub", "-n", namespace, "-o", "json").stdout)
+    (reference,) = first["metadata"]["ownerReferences"]
+    assert reference["uid"] == owner["metadata"]["uid"]
+
+    # A restart of the hub must not rotate the secret (that would log every user out).
+    assert "exists, kept" in ensure(namespace)
+    assert secret(namespace)["data"] == first["data"]
+
+    # Uninstalling removes the owner; the garbage collector then removes the secret.
+    kubectl("delete", "deployment", "hub", "-n", namespace)
+    wait_for(
+        lambda: kubectl("get", "secret", "-n", namespace, "-o", "name").stdout.strip() == "",
+        "the secret to follow its owner",
+    )
+
+
+def test_missing_owner_is_a_clear_error(namespace: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hub_config.secret", "--namespace", namespace,
+         "--secret", "hub-secret", "--owner-deployment", "nope"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "nope" in done.stderr
