@@ -8,7 +8,7 @@ PYTEST := $(VENV)/bin/python -m pytest
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: help up down tools cluster-up cluster-down cluster-status venv lint \
-        test test-unit test-chart test-integration test-cluster clean
+        test test-unit test-chart test-integration clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 lint: venv tools ## ruff, shell syntax, helm lint --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	for script in ci/tools ci/cluster ci/up ci/traefik-crds .ci/run; do bash -n $$script; done
+	for script in ci/tools ci/cluster ci/up ci/prereqs ci/traefik-crds .ci/run; do bash -n $$script; done
 	helm lint --strict charts/facility
 
 test: lint cluster-up ## Run every test layer (starts the local cluster)
@@ -53,11 +53,8 @@ test-unit: venv ## Unit tests (pure Python, seconds)
 test-chart: venv tools ## Chart tests: lint, render, schema; API checks need cluster-up
 	$(PYTEST) tests/chart
 
-test-integration: venv tools ## Integration tests (real processes on loopback)
+test-integration: venv tools ## Integration tests: tools, ci/cluster, real processes (most need cluster-up)
 	$(PYTEST) tests/integration
-
-test-cluster: venv tools ## Tests of ci/cluster itself (a second cluster on other ports)
-	$(PYTEST) tests/cluster
 
 clean: ## Remove the virtualenv and tool links (the tool cache in ~/.cache stays)
 	rm -rf $(VENV) .tools

@@ -11,6 +11,9 @@ from tests.conftest import CHART, helm
 
 VALUES_DIR = Path(__file__).parent / "values"
 VALUES_FILES = sorted(VALUES_DIR.glob("*.yaml"))
+# The development values, as tests install them: without dev.yaml's fixed node port, which is
+# cluster-wide and belongs to `make up`'s release.
+DEV_INSTALL = ["-f", str(VALUES_DIR / "dev.yaml"), "--set", "edge.service.nodePort=null"]
 
 
 def render(values: Path, namespace: str = "facility", *extra: str) -> str:

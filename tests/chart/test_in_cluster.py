@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.render import VALUES_DIR, VALUES_FILES, render
+from tests.chart.render import DEV_INSTALL, VALUES_FILES, render
 from tests.conftest import CHART, helm, kubectl, wait_for
 
 pytestmark = pytest.mark.cluster
 
-DEV = VALUES_DIR / "dev.yaml"
 RELEASE = "af"
 
 
@@ -52,34 +51,27 @@ def namespaced_kinds() -> list[str]:
 
 
 def release_objects(namespace: str) -> set[str]:
-    """Every namespaced object labelled as part of the release, as kind/name."""
-    done = kubectl(
-        "get",
-        ",".join(namespaced_kinds()),
-        "-n",
-        namespace,
-        "-l",
-        f"app.kubernetes.io/instance={RELEASE}",
-        "-o",
-        "name",
+    """Every object labelled as part of the release in the namespace, and every cluster-scoped
+    one the chart makes for it, as kind/name."""
+    label = f"app.kubernetes.io/instance={RELEASE}"
+    inside = kubectl(
+        "get", ",".join(namespaced_kinds()), "-n", namespace, "-l", label, "-o", "name"
     )
-    return set(done.stdout.split())
+    cluster_wide = kubectl("get", "clusterroles,clusterrolebindings", "-l", label, "-o", "name")
+    ours = [name for name in cluster_wide.stdout.split() if f"/{namespace}-" in name]
+    return set(inside.stdout.split()) | set(ours)
+
+
+def deploy(action: str, namespace: str, *settings: str) -> None:
+    """helm install or upgrade with the development values, waiting for every pod."""
+    options = [arg for setting in settings for arg in ("--set", setting)]
+    helm(action, RELEASE, str(CHART), "-n", namespace, *DEV_INSTALL, *options,
+         "--wait", "--timeout=5m", timeout=330)  # fmt: skip
 
 
 @pytest.fixture
 def installed(namespace: str) -> Iterator[str]:
-    helm(
-        "install",
-        RELEASE,
-        str(CHART),
-        "-n",
-        namespace,
-        "-f",
-        str(DEV),
-        "--wait",
-        "--timeout=5m",
-        timeout=330,
-    )
+    deploy("install", namespace)
     yield namespace
     helm("uninstall", RELEASE, "-n", namespace, "--ignore-not-found", check=False)
 
@@ -106,22 +98,7 @@ def test_install_upgrade_uninstall(installed: str) -> None:
     events = kubectl("get", "events", "-n", namespace, "--field-selector=reason=FailedCreate")
     assert "forbidden" not in events.stdout
 
-    helm(
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        "-n",
-        namespace,
-        "-f",
-        str(DEV),
-        "--set",
-        "edge.replicas=2",
-        "--set",
-        "hub.extraEnv.FACILITY_TEST=upgraded",
-        "--wait",
-        "--timeout=5m",
-        timeout=330,
-    )
+    deploy("upgrade", namespace, "edge.replicas=2", "hub.extraEnv.FACILITY_TEST=upgraded")
     assert ready_replicas(namespace, "edge") == 2
     hub = json.loads(
         kubectl(
@@ -133,6 +110,7 @@ def test_install_upgrade_uninstall(installed: str) -> None:
 
     made = release_objects(namespace)
     assert f"persistentvolumeclaim/{RELEASE}-facility-hub-db" in made
+    assert f"clusterrole.rbac.authorization.k8s.io/{namespace}-{RELEASE}-facility-edge" in made
     helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout=2m")
     # The hub database is kept on purpose (helm.sh/resource-policy: keep); nothing else is.
     # Pods go last: the garbage collector removes them after their ReplicaSets.

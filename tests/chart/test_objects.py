@@ -13,6 +13,7 @@ from tests.chart.render import VALUES_DIR, VALUES_FILES, objects, render
 
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 COMPONENTS = {"hub", "proxy", "edge"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 
 
 def rendered(values: Path) -> list[dict[str, Any]]:
@@ -28,7 +29,10 @@ def test_every_object_is_labelled_and_namespaced(values: Path) -> None:
         assert labels.get("app.kubernetes.io/instance") == "af", where
         assert labels.get("app.kubernetes.io/managed-by") == "Helm", where
         assert "app.kubernetes.io/component" in labels, where
-        assert meta.get("namespace") == "facility", where
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert meta["name"].startswith("facility-"), where  # namespace first
+        else:
+            assert meta.get("namespace") == "facility", where
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:

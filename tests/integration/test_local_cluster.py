@@ -23,16 +23,7 @@ PORT_BASE = 17400
 PORTS = [PORT_BASE + offset for offset in (79, 80, 43, 57, 59, 47)]
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.skipif(
-        not all(
-            os.access(TOOLS / tool, os.X_OK)
-            for tool in ("kube-apiserver", "kubectl", "etcd", "kwok")
-        ),
-        reason="cluster tools are not built; run: ci/tools kube etcd kwok",
-    ),
-]
+pytestmark = pytest.mark.cluster
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
