@@ -106,10 +106,13 @@ securityContext:
 {{- .Values.hub.existingSecret | default (include "facility.componentName" (dict "root" . "component" "hub-secret")) -}}
 {{- end -}}
 
-{{/* The public URL of the hub. */}}
+{{/* The public URL of the hub (with the node port when the edge is a NodePort Service). */}}
 {{- define "facility.publicUrl" -}}
-{{- $port := int .Values.edge.service.port -}}
-{{- printf "https://%s%s" (.Values.edge.host | default "<edge address>") (eq $port 443 | ternary "" (printf ":%d" $port)) -}}
+{{- $svc := .Values.edge.service -}}
+{{- $host := .Values.edge.host | default (eq $svc.type "NodePort" | ternary "<node address>" "<edge address>") -}}
+{{- $port := toString $svc.port -}}
+{{- if eq $svc.type "NodePort" }}{{ $port = $svc.nodePort | default "<node port>" | toString }}{{ end -}}
+{{- printf "https://%s%s" $host (eq $port "443" | ternary "" (printf ":%s" $port)) -}}
 {{- end -}}
 
 {{/* NetworkPolicy egress rule: cluster DNS. */}}
