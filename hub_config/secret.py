@@ -1,9 +1,10 @@
 """Create the hub's random secrets at run time, once.
 
 The chart never generates secrets in a template (renders must be deterministic for GitOps), so
-the hub's init container calls this module: it makes the Secret with a cookie secret and a
-proxy token if it does not exist yet, owned by the hub Deployment so that uninstalling the
-release removes it. An existing Secret is left exactly as it is.
+the hub's init container calls this module: it makes the Secret with a cookie secret, the key
+that encrypts auth_state and the proxy token if it does not exist yet, owned by the hub
+Deployment so that uninstalling the release removes it. An existing Secret keeps its values; a
+key it lacks (one added by a newer chart) is added.
 
 usage: python -m hub_config.secret --secret NAME --owner-deployment NAME [--namespace NS]
 """
@@ -23,20 +24,28 @@ from kubernetes.client.exceptions import ApiException
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
+KEYS = ("cookie-secret", "crypt-key", "proxy-token")
+
+
 def new_secret_data() -> dict[str, str]:
-    """Fresh random values: a 32-byte hex cookie secret (what JupyterHub expects) and a token."""
-    return {"cookie-secret": secrets.token_hex(32), "proxy-token": secrets.token_hex(32)}
+    """Fresh random values, 32 bytes each in hex (what JupyterHub expects of the first two)."""
+    return {key: secrets.token_hex(32) for key in KEYS}
 
 
-def ensure_secret(api: client.ApiClient, namespace: str, name: str, owner_deployment: str) -> bool:
-    """Create the Secret if missing. Returns True if it was created, False if it existed."""
+def ensure_secret(api: client.ApiClient, namespace: str, name: str, owner_deployment: str) -> str:
+    """Create the Secret if missing, or add the keys it lacks. Returns what was done."""
     core = client.CoreV1Api(api)
     try:
-        core.read_namespaced_secret(name, namespace)
-        return False
+        existing = core.read_namespaced_secret(name, namespace)
     except ApiException as error:
         if error.status != 404:
             raise
+    else:
+        missing = {k: v for k, v in new_secret_data().items() if k not in (existing.data or {})}
+        if not missing:
+            return "exists, kept"
+        core.patch_namespaced_secret(name, namespace, {"stringData": missing})
+        return f"exists, added {', '.join(sorted(missing))}"
     owner = client.AppsV1Api(api).read_namespaced_deployment(owner_deployment, namespace)
     body = client.V1Secret(
         metadata=client.V1ObjectMeta(
@@ -58,9 +67,9 @@ def ensure_secret(api: client.ApiClient, namespace: str, name: str, owner_deploy
         core.create_namespaced_secret(namespace, body)
     except ApiException as error:
         if error.status == 409:  # another hub start won the race: keep its values
-            return False
+            return "exists, kept"
         raise
-    return True
+    return "created"
 
 
 def api_message(error: ApiException) -> str:
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         config.load_kube_config()
     with client.ApiClient() as api:
         try:
-            created = ensure_secret(api, namespace, args.secret, args.owner_deployment)
+            done = ensure_secret(api, namespace, args.secret, args.owner_deployment)
         except ApiException as error:
             print(
                 f"cannot ensure secret {namespace}/{args.secret} (owner: Deployment "
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         except urllib3.exceptions.HTTPError as error:
             print(f"cannot reach the Kubernetes API server: {error}", file=sys.stderr)
             return 1
-    print(f"secret {namespace}/{args.secret}: {'created' if created else 'exists, kept'}")
+    print(f"secret {namespace}/{args.secret}: {done}")
     return 0
 
 

@@ -82,7 +82,7 @@ def test_every_component_has_a_network_policy(values: Path) -> None:
         for o in objs
         if o["kind"] == "NetworkPolicy"
     }
-    assert set(policies) == COMPONENTS
+    assert set(policies) == COMPONENTS | {"singleuser-server"}
     for component, spec in policies.items():
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}

@@ -52,7 +52,7 @@ def test_created_once_kept_and_owned(namespace: str) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(OWNER))
     assert "created" in ensure(namespace)
     first = secret(namespace)
-    assert set(first["data"]) == {"cookie-secret", "proxy-token"}
+    assert set(first["data"]) == {"cookie-secret", "crypt-key", "proxy-token"}
     owner = json.loads(kubectl("get", "deployment", "hub", "-n", namespace, "-o", "json").stdout)
     (reference,) = first["metadata"]["ownerReferences"]
     assert reference["uid"] == owner["metadata"]["uid"]
@@ -60,6 +60,14 @@ def test_created_once_kept_and_owned(namespace: str) -> None:
     # A restart of the hub must not rotate the secret (that would log every user out).
     assert "exists, kept" in ensure(namespace)
     assert secret(namespace)["data"] == first["data"]
+
+    # A secret from an older chart lacks a key: it is added, and the others are kept.
+    kubectl("patch", "secret", "hub-secret", "-n", namespace, "--type=json",
+            "-p", '[{"op": "remove", "path": "/data/crypt-key"}]')  # fmt: skip
+    assert "exists, added crypt-key" in ensure(namespace)
+    patched = secret(namespace)["data"]
+    assert patched["cookie-secret"] == first["data"]["cookie-secret"]
+    assert len(patched["crypt-key"]) > 0
 
     # Uninstalling removes the owner; the garbage collector then removes the secret.
     kubectl("delete", "deployment", "hub", "-n", namespace)

@@ -9,7 +9,7 @@ from hub_config.secret import new_secret_data
 
 def test_values_are_64_hex_characters() -> None:
     data = new_secret_data()
-    assert set(data) == {"cookie-secret", "proxy-token"}
+    assert set(data) == {"cookie-secret", "crypt-key", "proxy-token"}
     for value in data.values():
         assert len(value) == 64
         assert set(value) <= set(string.hexdigits)

@@ -1,0 +1,54 @@
+"""The whole hub configuration, from the facility's values: what jupyterhub_config.py calls."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets.config import Config
+
+from hub_config import passthrough, services
+from hub_config.auth import login
+from hub_config.facility import Facility, load
+from hub_config.spawner import spawner
+
+DATA_DIR = Path("/srv/jupyterhub")
+
+
+def configure(c: Config, facility: Facility) -> None:
+    """Set every trait the facility needs on c; hub.config comes last and may override."""
+    hub = facility.values["hub"]
+    ns = facility.namespace
+    names = facility.release["names"]
+
+    # The hub listens for the proxy and the user servers; the proxy is its own Deployment.
+    c.JupyterHub.hub_bind_url = "http://:8081"
+    c.JupyterHub.hub_connect_url = f"http://{names['hub']}.{ns}:8081"
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = f"http://{names['proxyApi']}.{ns}:8001"
+    # Users' servers outlive a hub restart or upgrade.
+    c.JupyterHub.cleanup_servers = False
+    if hub["db"]["type"] == "url":
+        c.JupyterHub.db_url = hub["db"]["url"]
+    else:
+        c.JupyterHub.db_url = f"sqlite:///{DATA_DIR / 'jupyterhub.sqlite'}"
+
+    chosen = login(facility)
+    c.JupyterHub.authenticator_class = chosen.class_path
+    for trait, value in chosen.traits.items():
+        c[chosen.class_name][trait] = value
+
+    c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+    for trait, value in spawner(facility).items():
+        c.KubeSpawner[trait] = value
+
+    culler_services, culler_roles = services.idle_culler(facility)
+    c.JupyterHub.services = culler_services
+    c.JupyterHub.load_roles = culler_roles
+
+    passthrough.apply(c, hub["config"])
+
+
+def load_config(c: Config) -> None:
+    """The entry point of the hub image's jupyterhub_config.py."""
+    configure(c, load(Path(os.environ.get("FACILITY_CONFIG_DIR", "/etc/facility"))))

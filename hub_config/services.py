@@ -1,0 +1,30 @@
+"""Hub services the facility runs, each with a role of the least scopes it needs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hub_config.facility import Facility
+
+# What jupyterhub-idle-culler needs to find idle servers and stop them, and nothing more
+# (it culls servers, never users).
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def idle_culler(facility: Facility) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The idle culler as (services, roles), or nothing when culler.enabled is false."""
+    culler = facility.values["culler"]
+    if not culler["enabled"]:
+        return [], []
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterhub_idle_culler",
+        f"--timeout={culler['timeout']}",
+        f"--cull-every={culler['every']}",
+        f"--max-age={culler['maxAge']}",
+    ]
+    service = {"name": "idle-culler", "command": command}
+    role = {"name": "idle-culler", "scopes": CULLER_SCOPES, "services": ["idle-culler"]}
+    return [service], [role]

@@ -1,0 +1,45 @@
+"""The values the chart hands to the hub (its hub-values Secret) configure JupyterHub as is."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import yaml
+from traitlets.config import Config
+
+from hub_config.config import configure
+from hub_config.facility import ConfigError, Facility
+from tests.chart.render import VALUES_FILES, objects, render
+
+
+def handed_over(values: Path) -> Facility:
+    (secret,) = [
+        o for o in objects(render(values))
+        if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-hub-values")
+    ]  # fmt: skip
+    data = {k: yaml.safe_load(base64.b64decode(v)) for k, v in secret["data"].items()}
+    return Facility(values=data["values.yaml"], release=data["release.yaml"])
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_hub_configures_from_the_rendered_values(
+    values: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the hub Deployment's environment holds: the auth_state key, and the OAuth client
+    # when the values name an existing Secret for it.
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "00" * 32)
+    monkeypatch.setenv("FACILITY_OAUTH_CLIENT_ID", "from-secret")
+    monkeypatch.setenv("FACILITY_OAUTH_CLIENT_SECRET", "from-secret")
+    facility = handed_over(values)
+    c = Config()
+    if values.stem == "defaults":
+        # The default login is the development one: the hub refuses it outside devMode.
+        with pytest.raises(ConfigError, match="devMode"):
+            configure(c, facility)
+        return
+    configure(c, facility)
+    assert c.JupyterHub.spawner_class == "kubespawner.KubeSpawner"
+    assert c.KubeSpawner.namespace == "facility"
+    assert c.ConfigurableHTTPProxy.api_url.endswith("-proxy-api.facility:8001")

@@ -1,0 +1,267 @@
+"""hub_config: chart values -> JupyterHub configuration, checked on the real classes."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+from jupyterhub.scopes import scope_definitions
+from kubernetes_asyncio.config import kube_config
+from kubespawner import KubeSpawner
+from oauthenticator.cilogon import CILogonOAuthenticator
+from oauthenticator.generic import GenericOAuthenticator
+from traitlets.config import Config
+
+from hub_config.config import configure
+from hub_config.facility import ConfigError, Facility
+from tests.conftest import CHART
+
+DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
+RELEASE = {
+    "name": "af",
+    "namespace": "facility",
+    "appVersion": "0.1.0",
+    "names": {
+        name: f"af-facility-{suffix}"
+        for name, suffix in {
+            "hub": "hub", "hubSecret": "hub-secret", "proxyApi": "proxy-api",
+            "proxyHttp": "proxy-http", "edge": "edge", "operator": "operator", "xcache": "xcache",
+        }.items()
+    },
+}  # fmt: skip
+CLIENT = {"clientId": "facility", "clientSecret": "s3cret"}
+EDGE = {"edge": {"host": "af.example.org", "dask": {"domain": "dask.af.example.org"}}}
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's merge of a values file over the defaults: maps merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build(override: dict[str, Any]) -> Config:
+    c = Config()
+    configure(c, Facility(values=merged(DEFAULTS, override), release=RELEASE))
+    return c
+
+
+@pytest.fixture(autouse=True)
+def crypt_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    # auth_state needs its key, as the chart's hub Deployment provides it.
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "00" * 32)
+
+
+def test_dummy_login_needs_dev_mode() -> None:
+    with pytest.raises(ConfigError, match="devMode"):
+        build({})
+    c = build({"devMode": True})
+    assert c.JupyterHub.authenticator_class == "jupyterhub.auth.DummyAuthenticator"
+
+
+def test_cilogon_preset() -> None:
+    idps = {"urn:mace:incommon:unl.edu": {"username_derivation": {"username_claim": "eppn"}}}
+    groups = {"allowedGroups": ["cms-af"], "adminGroups": ["cms-af-admins"]}
+    c = build(
+        {**EDGE, "auth": {"type": "cilogon", **CLIENT, "cilogon": {"allowedIdps": idps}, **groups}}
+    )
+    assert c.JupyterHub.authenticator_class == "oauthenticator.cilogon.CILogonOAuthenticator"
+    auth = CILogonOAuthenticator(config=c)
+    assert auth.idps["urn:mace:incommon:unl.edu"]["username_derivation"] == {
+        "username_claim": "eppn"
+    }
+    assert {"openid", "org.cilogon.userinfo"} <= set(auth.scope)
+    assert auth.oauth_callback_url == "https://af.example.org/hub/oauth_callback"
+    assert auth.manage_groups
+    assert auth.enable_auth_state
+    assert auth.refresh_pre_spawn
+    assert auth.auth_state_groups_key == "cilogon_user.isMemberOf"
+    assert auth.allowed_groups == {"cms-af"}
+    assert auth.admin_groups == {"cms-af-admins"}
+    assert not auth.allow_all
+    assert "cms-af" in auth.custom_403_message
+    assert "isMemberOf" in auth.custom_403_message
+
+
+def test_cilogon_needs_identity_providers() -> None:
+    with pytest.raises(ConfigError, match=r"auth\.cilogon\.allowedIdps"):
+        build({**EDGE, "auth": {"type": "cilogon", **CLIENT}})
+
+
+def test_cern_preset() -> None:
+    c = build({**EDGE, "auth": {"type": "cern", **CLIENT, "allowedGroups": ["af-users"]}})
+    auth = GenericOAuthenticator(config=c)
+    realm = "https://auth.cern.ch/auth/realms/cern/protocol/openid-connect"
+    assert auth.authorize_url == f"{realm}/auth"
+    assert auth.token_url == f"{realm}/token"
+    assert auth.userdata_url == f"{realm}/userinfo"
+    assert auth.username_claim == "cern_upn"
+    assert auth.auth_state_groups_key == "oauth_user.cern_roles"
+    assert auth.login_service == "CERN SSO"
+
+
+@pytest.fixture
+def issuer() -> Iterator[str]:
+    """A real HTTP server with a discovery document."""
+
+    class Discovery(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            found = self.path == "/.well-known/openid-configuration"
+            body = json.dumps({
+                "issuer": base, "authorization_endpoint": f"{base}/auth",
+                "token_endpoint": f"{base}/token", "userinfo_endpoint": f"{base}/me",
+            }).encode()  # fmt: skip
+            self.send_response(200 if found else 404)
+            self.end_headers()
+            self.wfile.write(body if found else b"")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_oidc_endpoints_from_discovery(issuer: str) -> None:
+    c = build({**EDGE, "auth": {"type": "oidc", **CLIENT, "oidc": {"issuer": issuer},
+                                "groupsClaim": "wlcg.groups"}})  # fmt: skip
+    auth = GenericOAuthenticator(config=c)
+    assert (auth.authorize_url, auth.token_url) == (f"{issuer}/auth", f"{issuer}/token")
+    assert auth.userdata_url == f"{issuer}/me"
+    assert auth.auth_state_groups_key == "oauth_user.wlcg.groups"
+    assert auth.allow_all  # no allowed groups or users: anyone the issuer vouches for
+
+
+def test_oidc_unreachable_issuer_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"auth\.oidc\.issuer: cannot read"):
+        build(
+            {**EDGE, "auth": {"type": "oidc", **CLIENT, "oidc": {"issuer": "http://127.0.0.1:9"}}}
+        )
+
+
+def test_real_login_needs_the_client() -> None:
+    with pytest.raises(ConfigError, match=r"auth\.clientId"):
+        build({**EDGE, "auth": {"type": "cern"}})
+
+
+def test_client_from_existing_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACILITY_OAUTH_CLIENT_ID", "from-secret")
+    monkeypatch.setenv("FACILITY_OAUTH_CLIENT_SECRET", "also-from-secret")
+    c = build({**EDGE, "auth": {"type": "cern", "existingSecret": "cern-client"}})
+    assert GenericOAuthenticator(config=c).client_id == "from-secret"
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KubeSpawner reads a kubeconfig when it is made; nothing here talks to the API server."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "unit",
+        "clusters": [{"name": "unit", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "unit", "user": {"token": "unused"}}],
+        "contexts": [{"name": "unit", "context": {"cluster": "unit", "user": "unit"}}],
+    }))  # fmt: skip
+    # (kubernetes_asyncio read $KUBECONFIG when it was imported, so point it there directly.)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+
+
+def spawner(c: Config) -> KubeSpawner:
+    """A KubeSpawner as the hub makes it (inside an event loop), to read its traits."""
+
+    async def make() -> KubeSpawner:
+        return KubeSpawner(config=c, _mock=True)
+
+    return asyncio.run(make())
+
+
+def test_user_pods(kubeconfig: None) -> None:
+    c = build({"devMode": True, **EDGE})
+    pod = spawner(c)
+    assert pod.namespace == "facility"
+    assert pod.image == "facility/analysis:0.1.0"
+    assert (pod.uid, pod.fs_gid) == (1000, 100)
+    assert pod.automount_service_account_token is False
+    assert pod.allow_privilege_escalation is False
+    assert pod.pvc_name_template == "home-{username}"
+    assert pod.storage_pvc_ensure
+    assert not pod.delete_pvc
+    assert (pod.cpu_guarantee, pod.cpu_limit, pod.mem_limit) == (0.5, 2.0, 4 * 10**9)
+    assert pod.extra_labels["app.kubernetes.io/component"] == "singleuser-server"
+    assert pod.environment["FACILITY_DASK_DOMAIN"] == "dask.af.example.org"
+    assert pod.environment["FACILITY_OPERATOR_URL"] == "http://af-facility-operator.facility:8000"
+    assert pod.environment["FACILITY_XCACHE"] == "root://af-facility-xcache.facility:1094"
+
+
+PROFILES = [
+    {"name": "Small", "default": True, "cpu": {"guarantee": 1, "limit": 2}},
+    {"name": "GPU", "gpus": 1, "groups": ["gpu-users"],
+     "memory": {"guarantee": "8G", "limit": "16G"},
+     "image": {"repository": "facility/analysis-gpu", "tag": "1"},
+     "nodeSelector": {"gpu": "true"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+]  # fmt: skip
+
+
+def test_profiles_follow_groups() -> None:
+    c = build({"devMode": True, "singleuser": {"profiles": PROFILES}})
+    visible = c.KubeSpawner.profile_list
+
+    def user_in(*groups: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            user=SimpleNamespace(groups=[SimpleNamespace(name=g) for g in groups])
+        )
+
+    assert [p["display_name"] for p in visible(user_in())] == ["Small"]
+    gpu = visible(user_in("gpu-users"))[1]
+    override = gpu["kubespawner_override"]
+    assert override["extra_resource_limits"] == {"nvidia.com/gpu": "1"}
+    assert override["image"] == "facility/analysis-gpu:1"
+    assert (override["mem_guarantee"], override["mem_limit"]) == (8 * 10**9, 16 * 10**9)
+    assert override["node_selector"] == {"gpu": "true"}
+
+
+def test_impossible_profile_is_named() -> None:
+    bad = [{"name": "Broken", "cpu": {"guarantee": 8, "limit": 4}}]
+    with pytest.raises(ConfigError, match=r"singleuser\.profiles\[0\] \(Broken\)\.cpu"):
+        build({"devMode": True, "singleuser": {"profiles": bad}})
+
+
+def test_passthrough_sets_traits_and_names_mistakes(kubeconfig: None) -> None:
+    c = build({"devMode": True, "hub": {"config": {"KubeSpawner": {"start_timeout": 42}}}})
+    assert spawner(c).start_timeout == 42
+    with pytest.raises(ConfigError, match=r"hub\.config\.Kubespawner: Kubespawner is not"):
+        build({"devMode": True, "hub": {"config": {"Kubespawner": {"start_timeout": 1}}}})
+    with pytest.raises(ConfigError, match=r"hub\.config\.KubeSpawner\.cpu_limt"):
+        build({"devMode": True, "hub": {"config": {"KubeSpawner": {"cpu_limt": 1}}}})
+
+
+def test_idle_culler_has_the_least_scopes() -> None:
+    c = build({"devMode": True, "culler": {"timeout": 1800}})
+    (service,) = c.JupyterHub.services
+    assert "--timeout=1800" in service["command"]
+    (role,) = c.JupyterHub.load_roles
+    assert role["services"] == ["idle-culler"]
+    assert set(role["scopes"]) == {
+        "list:users",
+        "read:users:activity",
+        "read:servers",
+        "delete:servers",
+    }
+    assert all(scope in scope_definitions for scope in role["scopes"])
+    assert build({"devMode": True, "culler": {"enabled": False}}).JupyterHub.services == []
