@@ -4,6 +4,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 VENV := .venv
+NODE := tests/integration/node
 PYTEST := $(VENV)/bin/python -m pytest
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
@@ -31,11 +32,16 @@ cluster-down: ## Stop the local cluster and remove its state
 cluster-status: ## Show the local cluster's components and nodes
 	ci/cluster status
 
-venv: $(VENV)/.installed ## Python environment with the pinned test dependencies
+venv: $(VENV)/.installed $(NODE)/node_modules/.installed ## Python and Node environments with the pinned test dependencies
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# The OpenID provider, configurable-http-proxy and Playwright of the login tests.
+$(NODE)/node_modules/.installed: $(NODE)/package-lock.json
+	npm ci --prefix $(NODE) --no-audit --no-fund --loglevel=error
 	touch $@
 
 lint: venv tools ## ruff, shell syntax, helm lint --strict

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hub_config.facility import Facility
 from tests.conftest import CHART, helm
 
 VALUES_DIR = Path(__file__).parent / "values"
@@ -24,3 +26,13 @@ def render(values: Path, namespace: str = "facility", *extra: str) -> str:
 
 def objects(manifest: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(manifest) if doc]
+
+
+def handed_over(values: Path, namespace: str = "facility", *extra: str) -> Facility:
+    """What the hub receives from the chart: the hub-values Secret, decoded."""
+    (secret,) = [
+        o for o in objects(render(values, namespace, *extra))
+        if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-hub-values")
+    ]  # fmt: skip
+    data = {k: yaml.safe_load(base64.b64decode(v)) for k, v in secret["data"].items()}
+    return Facility(values=data["values.yaml"], release=data["release.yaml"])

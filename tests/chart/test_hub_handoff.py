@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
-import yaml
 from traitlets.config import Config
 
 from hub_config.config import configure
-from hub_config.facility import ConfigError, Facility
-from tests.chart.render import VALUES_FILES, objects, render
-
-
-def handed_over(values: Path) -> Facility:
-    (secret,) = [
-        o for o in objects(render(values))
-        if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-hub-values")
-    ]  # fmt: skip
-    data = {k: yaml.safe_load(base64.b64decode(v)) for k, v in secret["data"].items()}
-    return Facility(values=data["values.yaml"], release=data["release.yaml"])
+from hub_config.facility import ConfigError
+from tests.chart.render import VALUES_FILES, handed_over
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
