@@ -179,6 +179,8 @@ def run_provider(
     refresh_token_ttl: int = 14 * 24 * 3600,
     refresh_tokens: bool = True,
     issuer: str | None = None,
+    issuer_path: str = "",
+    routes: Mapping[str, str] | None = None,
     timeout: float = 30,
 ) -> Iterator[Provider]:
     """Run the provider on a free port until the block ends.
@@ -186,7 +188,8 @@ def run_provider(
     clients: [{"client_id", "client_secret", "redirect_uris": [...]}, ...]; other client
     metadata passes through (token_endpoint_auth_method defaults to client_secret_post).
     accounts: {login name: claims}; `sub` defaults to the login name.
-    id_token_ttl defaults to access_token_ttl. issuer defaults to http://127.0.0.1:<port>.
+    id_token_ttl defaults to access_token_ttl. issuer defaults to
+    http://127.0.0.1:<port><issuer_path>. routes: endpoint paths (oidc-provider's `routes`).
     """
     ensure_node_modules()
     work = tmp_path / "oidc-provider"
@@ -207,6 +210,10 @@ def run_provider(
     ]
     if issuer:
         args.append(f"--issuer={issuer}")
+    if issuer_path:
+        args.append(f"--issuer-path={issuer_path}")
+    if routes:
+        args.append(f"--routes={json.dumps(dict(routes))}")
     if not refresh_tokens:
         args.append("--no-refresh-tokens")
     log_path = work / "provider.log"

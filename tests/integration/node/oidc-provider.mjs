@@ -10,7 +10,10 @@
 //   node oidc-provider.mjs --clients clients.json --accounts accounts.json
 //     [--port N (OIDC_PORT, default 0: the kernel picks a free port)]
 //     [--host ADDR (OIDC_HOST, default 127.0.0.1)]
-//     [--issuer URL (OIDC_ISSUER, default http://127.0.0.1:<port>)]
+//     [--issuer URL (OIDC_ISSUER, default http://127.0.0.1:<port><issuer path>)]
+//     [--issuer-path PATH (OIDC_ISSUER_PATH, e.g. /auth/realms/cern: the issuer of a Keycloak)]
+//     [--routes JSON (OIDC_ROUTES): endpoint paths, as oidc-provider's `routes` setting, e.g.
+//       {"authorization": "/authorize", "token": "/oauth2/token"} for CILogon's shape]
 //     [--access-token-ttl S (OIDC_ACCESS_TOKEN_TTL, default 3600)]
 //     [--id-token-ttl S (OIDC_ID_TOKEN_TTL, default 3600)]
 //     [--refresh-token-ttl S (OIDC_REFRESH_TOKEN_TTL, default 14 days)]
@@ -51,6 +54,8 @@ const { values: opts } = parseArgs({
     port: { type: 'string', default: process.env.OIDC_PORT ?? '0' },
     host: { type: 'string', default: process.env.OIDC_HOST ?? '127.0.0.1' },
     issuer: { type: 'string', default: process.env.OIDC_ISSUER },
+    'issuer-path': { type: 'string', default: process.env.OIDC_ISSUER_PATH ?? '' },
+    routes: { type: 'string', default: process.env.OIDC_ROUTES ?? '{}' },
     clients: { type: 'string', default: process.env.OIDC_CLIENTS },
     accounts: { type: 'string', default: process.env.OIDC_ACCOUNTS },
     'access-token-ttl': { type: 'string', default: process.env.OIDC_ACCESS_TOKEN_TTL ?? '3600' },
@@ -172,6 +177,8 @@ function configuration() {
     // expire, and the refresh tests use tokens that live a few seconds.
     clockTolerance: 0,
     interactions: { policy, url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+    // Where the endpoints are: CILogon's and Keycloak's (CERN SSO) paths differ from the defaults.
+    routes: JSON.parse(opts.routes),
     features: {
       devInteractions: { enabled: false }, // our own pages below
       introspection: { enabled: true },
@@ -315,7 +322,7 @@ let handler;
 const server = createServer((req, res) => handler(req, res));
 server.listen(Number(opts.port), opts.host, () => {
   const { port } = server.address();
-  const issuer = opts.issuer ?? `http://127.0.0.1:${port}`;
+  const issuer = opts.issuer ?? `http://127.0.0.1:${port}${opts['issuer-path']}`;
   const provider = new Provider(issuer, configuration());
   // Behind a TLS-terminating proxy (the edge), trust its X-Forwarded-* headers; on plain http
   // on 127.0.0.1 the cookies are then simply not marked Secure, which is what we want.

@@ -1,0 +1,208 @@
+"""A real login: the test OpenID provider shaped as CERN SSO (Keycloak paths, roles in
+`cern_roles`), a real JupyterHub and configurable-http-proxy configured by hub_config from a
+values file of the chart (the `cern` preset), a browser and an HTTP client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import pytest
+import requests
+
+from tests.integration.hub import Hub, free_port, run_hub
+from tests.integration.oidc import (
+    CERN_SCOPES,
+    Provider,
+    browser_login,
+    cern_claims,
+    login_with_http_client,
+    run_provider,
+)
+
+REALM = "/auth/realms/cern"
+KEYCLOAK_ROUTES = {
+    "authorization": f"{REALM}/protocol/openid-connect/auth",
+    "token": f"{REALM}/protocol/openid-connect/token",
+    "userinfo": f"{REALM}/protocol/openid-connect/userinfo",
+    "jwks": f"{REALM}/protocol/openid-connect/certs",
+    "end_session": f"{REALM}/protocol/openid-connect/logout",
+}
+CLIENT = {"client_id": "facility", "client_secret": "facility-secret"}
+ACCOUNTS = {
+    "alice": cern_claims("alice", ["af-users"]),
+    "carol": cern_claims("carol", ["af-users", "af-admins"]),
+    "mallory": cern_claims("mallory", ["other-experiment"]),
+    "dave": {k: v for k, v in cern_claims("dave", []).items() if k != "cern_roles"},
+}
+
+
+@dataclass
+class Site:
+    hub: Hub
+    provider: Provider
+    callback: str
+
+
+def values(issuer: str) -> dict[str, Any]:
+    return {
+        "auth": {
+            "type": "cern",
+            "clientId": CLIENT["client_id"],
+            "clientSecret": CLIENT["client_secret"],
+            "allowedGroups": ["af-users"],
+            "adminGroups": ["af-admins"],
+            "cern": {"issuer": issuer},
+        },
+        "edge": {"host": "af.example.org"},
+        # A profile, so that /hub/spawn shows the choice instead of starting a server.
+        "singleuser": {"profiles": [{"name": "Small", "default": True}]},
+    }
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("login")
+    port = free_port()
+    callback = f"http://127.0.0.1:{port}/hub/oauth_callback"
+    # "other-app" is a second client of the same provider that may send users to the hub's
+    # callback: its codes must not open the hub.
+    other = {"client_id": "other-app", "client_secret": "x", "redirect_uris": [callback]}
+    clients = [{**CLIENT, "redirect_uris": [callback]}, other]
+    with (
+        run_provider(tmp, clients, ACCOUNTS, issuer_path=REALM, routes=KEYCLOAK_ROUTES) as provider,
+        run_hub(tmp, values(provider.issuer), port) as hub,
+    ):
+        yield Site(hub, provider, callback)
+
+
+def login(site: Site, user: str) -> tuple[requests.Session, requests.Response]:
+    session = requests.Session()
+    return session, login_with_http_client(session, f"{site.hub.url}/hub/oauth_login", user)
+
+
+def logged_in(session: requests.Session, site: Site) -> bool:
+    home = session.get(f"{site.hub.url}/hub/home", allow_redirects=False, timeout=10)
+    return home.status_code == 200
+
+
+def test_allowed_user_lands_on_the_spawn_page_in_a_browser(site: Site, tmp_path: Path) -> None:
+    screenshot = Path("/tmp/facility-spawn-page.png")
+    result = browser_login(
+        f"{site.hub.url}/hub/oauth_login", "alice", "/hub/spawn", screenshot=screenshot
+    )
+    assert result["ok"], result
+    assert result["login_page_seen"]
+    assert urlparse(result["final_url"]).path == "/hub/spawn"
+    assert result["status"] == 200
+
+
+@pytest.mark.parametrize("user", ["mallory", "dave"], ids=["other group", "no group claim"])
+def test_user_outside_the_groups_is_told_why(site: Site, user: str) -> None:
+    session, response = login(site, user)
+    assert response.status_code == 403
+    assert "open only to members of af-users" in response.text
+    assert "cern_roles" in response.text
+    assert "Traceback" not in response.text
+    assert not logged_in(session, site)
+
+
+def test_admin_follows_the_admin_group(site: Site) -> None:
+    session, response = login(site, "carol")
+    assert response.status_code == 200
+    assert session.get(f"{site.hub.url}/hub/admin", timeout=10).status_code == 200
+
+    # carol leaves the admin group at the provider: at her next login she is no admin.
+    site.provider.set_claims("carol", cern_claims("carol", ["af-users"]))
+    try:
+        session, response = login(site, "carol")
+        assert response.status_code == 200
+        assert session.get(f"{site.hub.url}/hub/admin", timeout=10).status_code == 403
+    finally:
+        site.provider.set_claims("carol", ACCOUNTS["carol"])
+
+
+def start_login(site: Site) -> tuple[requests.Session, dict[str, str]]:
+    """Begin a login at the hub; returns the session (with the hub's state cookie) and the
+    parameters of the authorization request the hub sent the browser to."""
+    session = requests.Session()
+    first = session.get(f"{site.hub.url}/hub/oauth_login", allow_redirects=False, timeout=10)
+    assert first.status_code == 302
+    query = parse_qs(urlparse(first.headers["Location"]).query)
+    return session, {key: values[0] for key, values in query.items()}
+
+
+def test_state_mismatch_is_refused(site: Site) -> None:
+    session, _ = start_login(site)
+    response = session.get(
+        f"{site.hub.url}/hub/oauth_callback", params={"code": "x", "state": "forged"}, timeout=10
+    )
+    assert response.status_code == 400
+    assert "OAuth state mismatch" in response.text
+    assert not logged_in(session, site)
+
+
+def test_forged_code_is_refused(site: Site) -> None:
+    session, request = start_login(site)
+    response = session.get(
+        f"{site.hub.url}/hub/oauth_callback",
+        params={"code": "forged-code", "state": request["state"]},
+        timeout=10,
+    )
+    assert response.status_code >= 400
+    assert "Traceback" not in response.text
+    assert not logged_in(session, site)
+
+
+def code_from(provider: Provider, client_id: str, request: dict[str, str], user: str) -> str:
+    """Log `user` in at `provider` for `client_id`, keeping the hub's state; returns the code
+    that the provider sends to the hub's callback."""
+    params = {**request, "client_id": client_id}
+    params.pop("code_challenge", None)
+    params.pop("code_challenge_method", None)
+    auth = f"{provider.url}{KEYCLOAK_ROUTES['authorization']}?{urlencode(params)}"
+    callback = request["redirect_uri"]
+    redirect = login_with_http_client(requests.Session(), auth, user, stop_at=callback)
+    return parse_qs(urlparse(redirect.headers["Location"]).query)["code"][0]
+
+
+def test_code_for_another_client_is_refused(site: Site) -> None:
+    # A real code, for a real user, from the right provider, but issued to another client
+    # (the wrong audience): the provider refuses to give the hub tokens for it.
+    session, request = start_login(site)
+    code = code_from(site.provider, "other-app", request, "alice")
+    response = session.get(
+        f"{site.hub.url}/hub/oauth_callback", params={"code": code, "state": request["state"]},
+        timeout=10,
+    )  # fmt: skip
+    assert response.status_code >= 400
+    assert "Traceback" not in response.text
+    assert not logged_in(session, site)
+
+
+def test_code_from_another_issuer_is_refused(site: Site, tmp_path: Path) -> None:
+    # The same client registered at a different provider (the wrong issuer): its codes mean
+    # nothing to the hub's provider.
+    clients = [{**CLIENT, "redirect_uris": [site.callback]}]
+    with run_provider(
+        tmp_path, clients, ACCOUNTS, issuer_path=REALM, routes=KEYCLOAK_ROUTES
+    ) as other:
+        session, request = start_login(site)
+        code = code_from(other, CLIENT["client_id"], request, "alice")
+        response = session.get(
+            f"{site.hub.url}/hub/oauth_callback", params={"code": code, "state": request["state"]},
+            timeout=10,
+        )  # fmt: skip
+    assert response.status_code >= 400
+    assert "Traceback" not in response.text
+    assert not logged_in(session, site)
+
+
+def test_scopes_are_cern_shaped(site: Site) -> None:
+    _, request = start_login(site)
+    assert set(request["scope"].split()) == set(CERN_SCOPES.split())
+    assert request["client_id"] == "facility"
