@@ -20,6 +20,7 @@ from tests.integration.oidc import (
     Provider,
     browser_login,
     cern_claims,
+    cilogon_claims,
     login_with_http_client,
     run_provider,
 )
@@ -206,3 +207,54 @@ def test_scopes_are_cern_shaped(site: Site) -> None:
     _, request = start_login(site)
     assert set(request["scope"].split()) == set(CERN_SCOPES.split())
     assert request["client_id"] == "facility"
+
+
+CILOGON_ROUTES = {
+    "authorization": "/authorize",
+    "token": "/oauth2/token",
+    "userinfo": "/oauth2/userinfo",
+}
+UNL = "https://idp.unl.edu/idp/shibboleth"
+
+
+def test_cilogon_preset_derives_usernames_and_groups(tmp_path: Path) -> None:
+    """The cilogon preset against a CILogon-shaped provider: usernames from the identity
+    provider's rule, groups from isMemberOf. Its endpoints point at the local provider through
+    hub.config, as a site would point them at a CILogon test instance."""
+    port = free_port()
+    callback = f"http://127.0.0.1:{port}/hub/oauth_callback"
+    accounts = {
+        "ann": cilogon_claims(1001, "ann", ["CO:COU:cms-af:members:active"], domain="unl.edu"),
+        "bert": cilogon_claims(1002, "bert", ["CO:COU:atlas:members:active"], domain="unl.edu"),
+    }
+    with run_provider(tmp_path, [{**CLIENT, "redirect_uris": [callback]}], accounts,
+                      routes=CILOGON_ROUTES) as provider:  # fmt: skip
+        endpoints = {
+            "authorize_url": f"{provider.url}/authorize",
+            "token_url": f"{provider.url}/oauth2/token",
+            "userdata_url": f"{provider.url}/oauth2/userinfo",
+        }
+        site_values = {
+            "auth": {
+                "type": "cilogon", "clientId": CLIENT["client_id"],
+                "clientSecret": CLIENT["client_secret"],
+                "allowedGroups": ["CO:COU:cms-af:members:active"],
+                "cilogon": {"allowedIdps": {UNL: {"username_derivation": {
+                    "username_claim": "eppn", "action": "strip_idp_domain", "domain": "unl.edu"}}}},
+            },
+            "edge": {"host": "af.example.org"},
+            "singleuser": {"profiles": [{"name": "Small", "default": True}]},
+            "hub": {"config": {"CILogonOAuthenticator": endpoints}},
+        }  # fmt: skip
+        with run_hub(tmp_path, site_values, port) as hub:
+            session = requests.Session()
+            page = login_with_http_client(session, f"{hub.url}/hub/oauth_login", "ann")
+            assert urlparse(page.url).path == "/hub/spawn"
+            me = session.get(f"{hub.url}/hub/api/user", timeout=10).json()
+            assert me["name"] == "ann"  # eppn ann@unl.edu, the identity provider's domain stripped
+            assert "CO:COU:cms-af:members:active" in me["groups"]
+            denied = login_with_http_client(
+                requests.Session(), f"{hub.url}/hub/oauth_login", "bert"
+            )
+            assert denied.status_code == 403
+            assert "isMemberOf" in denied.text
