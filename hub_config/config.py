@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from traitlets.config import Config
 
@@ -42,11 +43,19 @@ def configure(c: Config, facility: Facility) -> None:
     for trait, value in spawner(facility).items():
         c.KubeSpawner[trait] = value
 
-    culler_services, culler_roles = services.idle_culler(facility)
-    c.JupyterHub.services = culler_services
-    c.JupyterHub.load_roles = culler_roles
-
     passthrough.apply(c, hub["config"])
+
+    # The facility's services come on top of any the site adds through hub.config; the token
+    # service runs beside the hub, wherever the hub is reached.
+    hub_host = urlparse(c.JupyterHub.hub_connect_url).hostname or "127.0.0.1"
+    all_services = list(c.JupyterHub.get("services", []))
+    all_roles = list(c.JupyterHub.get("load_roles", []))
+    for more_services, more_roles in (services.idle_culler(facility),
+                                      services.tokens(facility, hub_host)):  # fmt: skip
+        all_services += more_services
+        all_roles += more_roles
+    c.JupyterHub.services = all_services
+    c.JupyterHub.load_roles = all_roles
 
 
 def load_config(c: Config) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from hub_config import token_service
 from hub_config.facility import Facility
+
+Services = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 # What jupyterhub-idle-culler needs to find idle servers and stop them, and nothing more
 # (it culls servers, never users).
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
 
-def idle_culler(facility: Facility) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def idle_culler(facility: Facility) -> Services:
     """The idle culler as (services, roles), or nothing when culler.enabled is false."""
     culler = facility.values["culler"]
     if not culler["enabled"]:
@@ -27,4 +30,17 @@ def idle_culler(facility: Facility) -> tuple[list[dict[str, Any]], list[dict[str
     ]
     service = {"name": "idle-culler", "command": command}
     role = {"name": "idle-culler", "scopes": CULLER_SCOPES, "services": ["idle-culler"]}
+    return [service], [role]
+
+
+def tokens(facility: Facility, hub_host: str) -> Services:
+    """The token service (hub_config.token_service), beside the hub on hub.tokenServicePort."""
+    port = facility.values["hub"]["tokenServicePort"]
+    service = {
+        "name": "tokens",
+        "url": f"http://{hub_host}:{port}",
+        "command": [sys.executable, "-m", "hub_config.token_service"],
+        "display": False,
+    }
+    role = {"name": "tokens", "scopes": token_service.SCOPES, "services": ["tokens"]}
     return [service], [role]

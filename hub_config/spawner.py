@@ -94,6 +94,8 @@ def environment(facility: Facility) -> dict[str, str]:
         "FACILITY_DASK_DOMAIN": edge["dask"]["domain"],
         "FACILITY_DASK_PORT": str(edge["service"]["port"]),
         "FACILITY_XCACHE": f"root://{names['xcache']}.{facility.namespace}:1094",
+        # The hub's token service, through the proxy (see hub_config.token_service).
+        "FACILITY_TOKENS_URL": f"http://{names['proxyHttp']}.{facility.namespace}:8000/services/tokens/",
         **facility.values["singleuser"]["extraEnv"],
     }
 

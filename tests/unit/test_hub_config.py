@@ -207,6 +207,8 @@ def test_user_pods(kubeconfig: None) -> None:
     assert pod.environment["FACILITY_DASK_DOMAIN"] == "dask.af.example.org"
     assert pod.environment["FACILITY_OPERATOR_URL"] == "http://af-facility-operator.facility:8000"
     assert pod.environment["FACILITY_XCACHE"] == "root://af-facility-xcache.facility:1094"
+    tokens = "http://af-facility-proxy-http.facility:8000/services/tokens/"
+    assert pod.environment["FACILITY_TOKENS_URL"] == tokens
 
 
 PROFILES = [
@@ -253,15 +255,28 @@ def test_passthrough_sets_traits_and_names_mistakes(kubeconfig: None) -> None:
 
 def test_idle_culler_has_the_least_scopes() -> None:
     c = build({"devMode": True, "culler": {"timeout": 1800}})
-    (service,) = c.JupyterHub.services
-    assert "--timeout=1800" in service["command"]
-    (role,) = c.JupyterHub.load_roles
-    assert role["services"] == ["idle-culler"]
-    assert set(role["scopes"]) == {
-        "list:users",
-        "read:users:activity",
-        "read:servers",
-        "delete:servers",
-    }
-    assert all(scope in scope_definitions for scope in role["scopes"])
-    assert build({"devMode": True, "culler": {"enabled": False}}).JupyterHub.services == []
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert "--timeout=1800" in services["idle-culler"]["command"]
+    assert roles["idle-culler"]["services"] == ["idle-culler"]
+    assert set(roles["idle-culler"]["scopes"]) == {
+        "list:users", "read:users:activity", "read:servers", "delete:servers"
+    }  # fmt: skip
+    for role in roles.values():
+        assert all(scope.split("!")[0] in scope_definitions for scope in role["scopes"])
+    disabled = build({"devMode": True, "culler": {"enabled": False}})
+    assert [s["name"] for s in disabled.JupyterHub.services] == ["tokens"]
+
+
+def test_token_service_beside_the_hub() -> None:
+    c = build({"devMode": True})
+    (service,) = [s for s in c.JupyterHub.services if s["name"] == "tokens"]
+    assert service["url"] == "http://af-facility-hub.facility:10101"
+    (role,) = [r for r in c.JupyterHub.load_roles if r["name"] == "tokens"]
+    assert set(role["scopes"]) == {"read:users:name", "admin:auth_state"}
+
+
+def test_site_services_are_kept() -> None:
+    mine = {"name": "monitor", "api_token": "x" * 32}
+    c = build({"devMode": True, "hub": {"config": {"JupyterHub": {"services": [mine]}}}})
+    assert [s["name"] for s in c.JupyterHub.services] == ["monitor", "idle-culler", "tokens"]
