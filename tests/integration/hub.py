@@ -73,6 +73,18 @@ def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_config_dir(workdir: Path, values: Mapping[str, Any]) -> Path:
+    """The hub-values Secret of the chart rendered with these values, as the hub's folder."""
+    values_file = workdir / "values.yaml"
+    values_file.write_text(yaml.safe_dump(dict(values)))
+    facility = handed_over(values_file)
+    config_dir = workdir / "config"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "values.yaml").write_text(yaml.safe_dump(facility.values))
+    (config_dir / "release.yaml").write_text(yaml.safe_dump(facility.release))
+    return config_dir
+
+
 @contextmanager
 def run_hub(tmp_path: Path, values: Mapping[str, Any], proxy_port: int) -> Iterator[Hub]:
     """Start proxy and hub; stop both at the end. Fails with the hub's log if it does not start.
@@ -83,14 +95,8 @@ def run_hub(tmp_path: Path, values: Mapping[str, Any], proxy_port: int) -> Itera
     workdir = tmp_path / "hub"
     workdir.mkdir(parents=True, exist_ok=True)
     api_port, hub_port = free_port(), free_port()
-    values_file = workdir / "values.yaml"
     all_values = merge(dict(values), local_overrides(workdir, proxy_port, api_port, hub_port))
-    values_file.write_text(yaml.safe_dump(all_values))
-    facility = handed_over(values_file)
-    config_dir = workdir / "config"
-    config_dir.mkdir(exist_ok=True)
-    (config_dir / "values.yaml").write_text(yaml.safe_dump(facility.values))
-    (config_dir / "release.yaml").write_text(yaml.safe_dump(facility.release))
+    config_dir = write_config_dir(workdir, all_values)
 
     secret_env = {
         # The hub secret's keys, as the chart's Deployment passes them.

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 import requests
 
+from tests.conftest import wait_for
 from tests.integration.hub import Hub, free_port, run_hub
 from tests.integration.oidc import (
     CERN_SCOPES,
@@ -258,3 +259,39 @@ def test_cilogon_preset_derives_usernames_and_groups(tmp_path: Path) -> None:
             )
             assert denied.status_code == 403
             assert "isMemberOf" in denied.text
+
+
+def test_idle_culler_works_with_its_scopes(site: Site) -> None:
+    # The culler asks the hub for users and their servers at start: with too few scopes the
+    # hub would answer 403.
+    wait_for(lambda: "GET /hub/api/users" in site.hub.log() and "idle-culler" in site.hub.log(),
+             "the idle culler's first request", 60)  # fmt: skip
+    culler_lines = [line for line in site.hub.log().splitlines() if "idle-culler" in line]
+    assert not [line for line in culler_lines if " 403 " in line], culler_lines
+
+
+def test_expired_token_without_refresh_means_a_new_login(tmp_path: Path) -> None:
+    port = free_port()
+    callback = f"http://127.0.0.1:{port}/hub/oauth_callback"
+    clients = [{**CLIENT, "redirect_uris": [callback]}]
+    shape = {"issuer_path": REALM, "routes": KEYCLOAK_ROUTES}
+    accounts = {"alice": ACCOUNTS["alice"]}
+    with run_provider(
+        tmp_path, clients, accounts, access_token_ttl=2, refresh_tokens=False, **shape
+    ) as provider:
+        site_values = values(provider.issuer)
+        site_values["auth"]["refreshAge"] = 1
+        with run_hub(tmp_path, site_values, port) as hub:
+            session = requests.Session()
+            login_with_http_client(session, f"{hub.url}/hub/oauth_login", "alice")
+            assert (
+                session.get(f"{hub.url}/hub/home", allow_redirects=False, timeout=10).status_code
+                == 200
+            )
+
+            def sent_to_login() -> bool:
+                home = session.get(f"{hub.url}/hub/home", allow_redirects=False, timeout=10)
+                return home.status_code == 302 and "/hub/login" in home.headers["Location"]
+
+            # The access token expires and cannot be refreshed: the hub asks for a new login.
+            wait_for(sent_to_login, "the hub to refuse the expired token", 30)
