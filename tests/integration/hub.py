@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.chart.render import handed_over
-from tests.conftest import KUBECONFIG, ROOT, wait_for
+from tests.conftest import KUBECONFIG, ROOT, merge_values, wait_for
 
 NODE_BIN = ROOT / "tests" / "integration" / "node" / "node_modules" / ".bin"
 HUB_CONFIG_FILE = ROOT / "images" / "hub" / "jupyterhub_config.py"
@@ -63,16 +63,6 @@ def local_overrides(workdir: Path, proxy_port: int, api_port: int, hub_port: int
     }
 
 
-def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def write_config_dir(workdir: Path, values: Mapping[str, Any]) -> Path:
     """The hub-values Secret of the chart rendered with these values, as the hub's folder."""
     values_file = workdir / "values.yaml"
@@ -95,7 +85,7 @@ def run_hub(tmp_path: Path, values: Mapping[str, Any], proxy_port: int) -> Itera
     workdir = tmp_path / "hub"
     workdir.mkdir(parents=True, exist_ok=True)
     api_port, hub_port = free_port(), free_port()
-    all_values = merge(dict(values), local_overrides(workdir, proxy_port, api_port, hub_port))
+    all_values = merge_values(values, local_overrides(workdir, proxy_port, api_port, hub_port))
     config_dir = write_config_dir(workdir, all_values)
 
     secret_env = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import threading
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from traitlets.config import Config
 
 from hub_config.config import configure
 from hub_config.facility import ConfigError, Facility
-from tests.conftest import CHART
+from tests.conftest import CHART, merge_values
 
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 RELEASE = {
@@ -42,20 +41,9 @@ CLIENT = {"clientId": "facility", "clientSecret": "s3cret"}
 EDGE = {"edge": {"host": "af.example.org", "dask": {"domain": "dask.af.example.org"}}}
 
 
-def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Helm's merge of a values file over the defaults: maps merge, everything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def build(override: dict[str, Any]) -> Config:
     c = Config()
-    configure(c, Facility(values=merged(DEFAULTS, override), release=RELEASE))
+    configure(c, Facility(values=merge_values(DEFAULTS, override), release=RELEASE))
     return c
 
 
