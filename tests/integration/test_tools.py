@@ -28,7 +28,7 @@ def test_every_tool_reports_its_pinned_version() -> None:
     versions = pinned()
     kube = versions["KUBERNETES_VERSION"]
     assert output(tool("kube-apiserver"), "--version").strip() == f"Kubernetes {kube}"
-    for component in ("kube-controller-manager", "kube-scheduler"):
+    for component in ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
         assert output(tool(component), "--version").strip() == f"Kubernetes {kube}"
     client = json.loads(output(tool("kubectl"), "version", "--client", "-o", "json"))
     assert client["clientVersion"]["gitVersion"] == kube
