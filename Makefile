@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/python -m pytest
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: help up down tools cluster-up cluster-down cluster-status venv lint \
-        test test-unit test-chart test-integration clean
+        test test-real-node test-unit test-chart test-integration clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
@@ -47,11 +47,14 @@ $(NODE)/node_modules/.installed: $(NODE)/package-lock.json
 lint: venv tools ## ruff, shell syntax, helm lint --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	for script in ci/tools ci/cluster ci/up ci/prereqs ci/traefik-crds .ci/run; do bash -n $$script; done
+	for script in ci/tools ci/cluster ci/cluster.d/*.sh ci/up ci/prereqs ci/traefik-crds .ci/run; do bash -n $$script; done
 	helm lint --strict charts/facility
 
 test: lint cluster-up ## Run every test layer (starts the local cluster)
-	$(PYTEST) tests
+	$(PYTEST) tests -m "not realnode"
+
+test-real-node: venv tools ## The real-node cluster mode (kubelet + containerd here; needs make images)
+	$(PYTEST) tests -m realnode
 
 test-unit: venv ## Unit tests (pure Python, seconds)
 	$(PYTEST) tests/unit

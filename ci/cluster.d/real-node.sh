@@ -117,6 +117,15 @@ start_real_node() {
   wait_healthy kube-proxy 60
 }
 
+# Cluster DNS, once the node is Ready.
+start_cluster_dns() {
+  sed "s|image: IMAGE|image: $COREDNS_IMAGE|" "$here/cluster.d/coredns.yaml" |
+    kubectl --kubeconfig="$kubeconfig" apply -f - >/dev/null
+  kubectl --kubeconfig="$kubeconfig" -n kube-system rollout status deployment/coredns --timeout=120s >/dev/null ||
+    failed kubelet "did not run cluster DNS (CoreDNS) within 120s"
+  log "cluster DNS (CoreDNS) ready at $cluster_dns"
+}
+
 # Before the processes stop: pods go first (kubelet unmounts their volumes), then what the
 # node left in the kernel: kube-proxy's rules, the bridge, leftover mounts under the state dir.
 drain_real_node() {
