@@ -89,11 +89,15 @@ def environment(facility: Facility) -> dict[str, str]:
     """Where the facility's services are, for the client library (and the user)."""
     edge = facility.values["edge"]
     names = facility.release["names"]
+    xcache = facility.values["xcache"]
+    cache = {}
+    if xcache["enabled"]:
+        cache["FACILITY_XCACHE"] = f"root://{names['xcache']}.{facility.namespace}:{xcache['port']}"
     return {
         "FACILITY_OPERATOR_URL": f"http://{names['operator']}.{facility.namespace}:8000",
         "FACILITY_DASK_DOMAIN": edge["dask"]["domain"],
         "FACILITY_DASK_PORT": str(edge["service"]["port"]),
-        "FACILITY_XCACHE": f"root://{names['xcache']}.{facility.namespace}:1094",
+        **cache,
         # The hub's token service, through the proxy (see hub_config.token_service).
         "FACILITY_TOKENS_URL": f"http://{names['proxyHttp']}.{facility.namespace}:8000/services/tokens/",
         **facility.values["singleuser"]["extraEnv"],

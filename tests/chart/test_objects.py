@@ -13,11 +13,24 @@ from tests.chart.render import VALUES_DIR, VALUES_FILES, objects, render
 
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 COMPONENTS = {"hub", "proxy", "edge"}
+# Components that a values file switches on: {component: its section, whose `enabled` is true}.
+OPTIONAL_COMPONENTS = {"xcache": "xcache"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 
 
 def rendered(values: Path) -> list[dict[str, Any]]:
     return objects(render(values))
+
+
+def components(values: Path) -> set[str]:
+    """The components whose pods the values file renders."""
+    data = yaml.safe_load(values.read_text()) or {}
+    switched_on = {
+        name
+        for name, section in OPTIONAL_COMPONENTS.items()
+        if data.get(section, {}).get("enabled")
+    }
+    return COMPONENTS | switched_on
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
@@ -69,7 +82,8 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
 def test_every_pod_meets_pod_security_restricted(values: Path) -> None:
     pods = [o for o in rendered(values) if o["kind"] in POD_OWNERS]
-    assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods} == COMPONENTS
+    made = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
+    assert made == components(values)
     for owner in pods:
         assert restricted_violations(owner["spec"]["template"]["spec"]) == [], owner["metadata"]
 
@@ -82,7 +96,7 @@ def test_every_component_has_a_network_policy(values: Path) -> None:
         for o in objs
         if o["kind"] == "NetworkPolicy"
     }
-    assert set(policies) == COMPONENTS | {"singleuser-server"}
+    assert set(policies) == components(values) | {"singleuser-server"}
     for component, spec in policies.items():
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}

@@ -88,7 +88,7 @@ async def spawn_stop_spawn(hub_config: Config, namespace: str) -> None:
     assert volumes["home"]["persistentVolumeClaim"]["claimName"] == "home-alice"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["FACILITY_OPERATOR_URL"] == f"http://af-facility-operator.{namespace}:8000"
-    assert env["FACILITY_XCACHE"] == f"root://af-facility-xcache.{namespace}:1094"
+    assert "FACILITY_XCACHE" not in env  # the development values run no XCache
     assert env["FACILITY_DASK_PORT"] == "443"
     assert env["JUPYTERHUB_USER"] == "alice"
     # Pod Security "restricted" (the API server enforced it on this namespace, too).

@@ -194,7 +194,12 @@ def test_user_pods(kubeconfig: None) -> None:
     assert pod.extra_labels["app.kubernetes.io/component"] == "singleuser-server"
     assert pod.environment["FACILITY_DASK_DOMAIN"] == "dask.af.example.org"
     assert pod.environment["FACILITY_OPERATOR_URL"] == "http://af-facility-operator.facility:8000"
-    assert pod.environment["FACILITY_XCACHE"] == "root://af-facility-xcache.facility:1094"
+    assert "FACILITY_XCACHE" not in pod.environment  # no XCache in these values
+    xcache = {"enabled": True, "port": 11094, "origin": {"host": "origin.example.org"}}
+    cached = build({"devMode": True, "xcache": xcache})
+    assert cached.KubeSpawner.environment["FACILITY_XCACHE"] == (
+        "root://af-facility-xcache.facility:11094"
+    )
     tokens = "http://af-facility-proxy-http.facility:8000/services/tokens/"
     assert pod.environment["FACILITY_TOKENS_URL"] == tokens
 
