@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/python -m pytest
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: help up down tools cluster-up cluster-down cluster-status venv lint \
-        test test-real-node test-unit test-chart test-integration clean
+        images test test-real-node test-images test-unit test-chart test-integration clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ down: ## Remove the facility and stop the local cluster (deletes all its data)
 
 tools: ## Build the pinned tools from their Go modules into ~/.cache/facility
 	ci/tools
+
+images: tools ## Build the container images offline (ci/images: Debian base, own Docker engine)
+	ci/images build
 
 cluster-up: tools ## Start the local Kubernetes cluster (ci/cluster)
 	ci/cluster up
@@ -51,10 +54,13 @@ lint: venv tools ## ruff, shell syntax, helm lint --strict
 	helm lint --strict charts/facility
 
 test: lint cluster-up ## Run every test layer (starts the local cluster)
-	$(PYTEST) tests -m "not realnode"
+	$(PYTEST) tests -m "not realnode and not images"
 
 test-real-node: venv tools ## The real-node cluster mode (kubelet + containerd here; needs make images)
 	$(PYTEST) tests -m realnode
+
+test-images: venv images ## Smoke tests of the images (tests/images; builds them first)
+	$(PYTEST) tests/images -m images
 
 test-unit: venv ## Unit tests (pure Python, seconds)
 	$(PYTEST) tests/unit
@@ -64,6 +70,10 @@ test-chart: venv tools ## Chart tests: lint, render, schema; API checks need clu
 
 test-integration: venv tools ## Integration tests: tools, ci/cluster, real processes (most need cluster-up)
 	$(PYTEST) tests/integration
+
+.PHONY: bench
+bench: venv tools ## Benchmarks, not tests (root): bench/xcache/report.json and report.png
+	$(VENV)/bin/python bench/xcache/run.py
 
 clean: ## Remove the virtualenv and tool links (the tool cache in ~/.cache stays)
 	rm -rf $(VENV) .tools

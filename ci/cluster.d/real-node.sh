@@ -104,7 +104,9 @@ start_real_node() {
   for name in kubelet kube-proxy; do write_kubeconfig "$state/$name.kubeconfig" "$name"; done
   start containerd containerd --config "$state/containerd/config.toml"
   wait_healthy containerd 30
-  "$root/ci/images" load "$(containerd_socket)" || failed containerd "could not be given the images (ci/images load; build them with ci/images build)"
+  # The node's own images; the facility's are loaded by whoever installs it (ci/up, tests).
+  "$root/ci/images" load "$(containerd_socket)" pause coredns ||
+    failed containerd "could not be given the pause and coredns images (build them: ci/images build pause coredns)"
   start kubelet kubelet --config="$state/kubelet.yaml" --kubeconfig="$state/kubelet.kubeconfig" \
     --node-ip="$advertise_ip" --hostname-override="$node_name" --root-dir="$state/kubelet" \
     --cert-dir="$state/kubelet-pki"

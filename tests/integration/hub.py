@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,16 +23,10 @@ import pytest
 import yaml
 
 from tests.chart.render import handed_over
-from tests.conftest import KUBECONFIG, ROOT, merge_values, wait_for
+from tests.conftest import KUBECONFIG, ROOT, free_port, merge_values, wait_for
 
 NODE_BIN = ROOT / "tests" / "integration" / "node" / "node_modules" / ".bin"
 HUB_CONFIG_FILE = ROOT / "images" / "hub" / "jupyterhub_config.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

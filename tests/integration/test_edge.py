@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -20,17 +19,11 @@ from typing import Any
 import pytest
 
 from tests.chart.render import DEV_INSTALL
-from tests.conftest import CHART, CLUSTER_DIR, helm, kubectl, tool, wait_for
+from tests.conftest import CHART, CLUSTER_DIR, free_port, helm, kubectl, tool, wait_for
 
 pytestmark = pytest.mark.cluster
 RELEASE = "af"
 EDGE = f"{RELEASE}-facility-edge"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str) -> Any:

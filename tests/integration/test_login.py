@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 import requests
 
-from tests.conftest import wait_for
-from tests.integration.hub import Hub, free_port, run_hub
+from tests.conftest import free_port, wait_for
+from tests.integration.hub import Hub, run_hub
 from tests.integration.oidc import (
     CERN_SCOPES,
     Provider,

@@ -40,6 +40,10 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
            "FACILITY_CLUSTER_PORT_BASE": str(PORT_BASE), "FACILITY_NODES": "real"}  # fmt: skip
     up = cluster(env, "up", timeout=600)
     assert up.returncode == 0, up.stdout + up.stderr
+    socket = state / "containerd" / "containerd.sock"
+    loaded = subprocess.run([str(ROOT / "ci" / "images"), "load", str(socket), "hub"],
+                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
     yield env
     cluster(env, "down")
 
@@ -50,12 +54,14 @@ def kubectl(env: dict[str, str], *args: str, **kwargs: object) -> subprocess.Com
                           capture_output=True, text=True, timeout=120, **kwargs)  # type: ignore[call-overload]  # fmt: skip
 
 
+# The result goes to the termination message, which the pod's status carries (`kubectl logs`
+# through the kubelet's API does not work yet on this node: see the README's known gaps).
 PROBE = """
 import socket
 address = socket.gethostbyname("kubernetes.default.svc.cluster.local")
-print("dns", address)
 socket.create_connection((address, 443), timeout=5).close()
-print("service reached")
+with open("/dev/termination-log", "w") as out:
+    out.write(f"dns {address}; service reached")
 """
 
 
@@ -88,9 +94,9 @@ def test_a_restricted_pod_runs_resolves_and_reaches_a_service(real: dict[str, st
         return phase if phase in {"Succeeded", "Failed"} else None
 
     assert wait_for(finished, "the probe pod to finish", 120) == "Succeeded"
-    logs = kubectl(real, "logs", "probe", "-n", "probe").stdout
-    assert "dns 10.96.0.1" in logs
-    assert "service reached" in logs
+    status = json.loads(kubectl(real, "get", "pod", "probe", "-n", "probe", "-o", "json").stdout)
+    (container,) = status["status"]["containerStatuses"]
+    assert container["state"]["terminated"]["message"] == "dns 10.96.0.1; service reached"
 
 
 def test_down_leaves_nothing(real: dict[str, str]) -> None:

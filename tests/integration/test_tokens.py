@@ -16,8 +16,8 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import ROOT, wait_for
-from tests.integration.hub import free_port, run_hub
+from tests.conftest import ROOT, free_port, wait_for
+from tests.integration.hub import run_hub
 from tests.integration.oidc import Provider, cern_claims, login_with_http_client, run_provider
 from tests.integration.test_login import CLIENT, KEYCLOAK_ROUTES, REALM, values
 
