@@ -132,12 +132,22 @@ start_cluster_dns() {
 # node left in the kernel: kube-proxy's rules, the bridge, leftover mounts under the state dir.
 drain_real_node() {
   if alive kubelet && alive kube-apiserver; then
+    # Controllers first, or they would replace the pods deleted next (CoreDNS's Deployment).
+    kubectl --kubeconfig="$kubeconfig" delete deployments,statefulsets,daemonsets,replicasets,jobs,cronjobs \
+      --all --all-namespaces --wait=true --timeout=60s >/dev/null 2>&1 || true
     kubectl --kubeconfig="$kubeconfig" delete pods --all --all-namespaces --wait=true --grace-period=10 \
       --timeout=60s >/dev/null 2>&1 || log "warning: not every pod went away before shutdown"
   fi
 }
 
 clean_real_node() {
+  # containerd's shims outlive it: any left (a pod that was not drained) is stopped with its
+  # containers.
+  local pid
+  for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $(containerd_socket)" || true); do
+    pkill -KILL -P "$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   kube-proxy --cleanup >/dev/null 2>&1 || true
   ip link del cni0 2>/dev/null || true
   # Pod network namespaces that containerd could not remove (one real node per machine: the

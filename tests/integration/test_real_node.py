@@ -105,6 +105,9 @@ def test_down_leaves_nothing(real: dict[str, str]) -> None:
     down = cluster(real, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert [name for name, pid in pids.items() if pid_alive(pid)] == []
+    # Nor any process of its pods (containerd's shims outlive containerd).
+    leftovers = subprocess.run(["pgrep", "-af", str(state)], capture_output=True, text=True)
+    assert leftovers.stdout == ""
     assert [port for port in PORTS if listening(port)] == []
     assert not state.exists()
     assert str(state) not in Path("/proc/mounts").read_text()
