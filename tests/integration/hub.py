@@ -12,7 +12,6 @@ import os
 import secrets
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pytest
 import yaml
 
 from tests.chart.render import handed_over
-from tests.conftest import KUBECONFIG, ROOT, free_port, merge_values, wait_for
+from tests.conftest import KUBECONFIG, ROOT, free_port, http_get, merge_values, wait_for
 
 NODE_BIN = ROOT / "tests" / "integration" / "node" / "node_modules" / ".bin"
 HUB_CONFIG_FILE = ROOT / "images" / "hub" / "jupyterhub_config.py"
@@ -112,11 +111,8 @@ def run_hub(tmp_path: Path, values: Mapping[str, Any], proxy_port: int) -> Itera
         def healthy() -> bool:
             if hub.poll() is not None:
                 pytest.fail(f"the hub exited ({hub.returncode}):\n{log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{public}/hub/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
+            answer = http_get(f"{public}/hub/health", timeout=2)
+            return answer is not None and answer[0] == 200
 
         wait_for(healthy, "the hub, through the proxy", 60)
         yield Hub(url=public, log_path=log_path)

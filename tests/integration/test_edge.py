@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.chart.render import DEV_INSTALL
-from tests.conftest import CHART, CLUSTER_DIR, free_port, helm, kubectl, tool, wait_for
+from tests.conftest import CHART, CLUSTER_DIR, free_port, helm, http_get, kubectl, tool, wait_for
 
 pytestmark = pytest.mark.cluster
 RELEASE = "af"
@@ -117,20 +117,12 @@ def edge(namespace: str, tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
         )
     try:
         ping = f"http://127.0.0.1:{ports['traefik']}/ping"
-        wait_for(lambda: _answers(ping), "Traefik's /ping", 30)
+        wait_for(lambda: http_get(ping) == (200, "OK"), "Traefik's /ping", 30)
         yield namespace, ports["traefik"], log
     finally:
         traefik.terminate()
         traefik.wait(timeout=30)
         helm("uninstall", RELEASE, "-n", namespace, check=False)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def routers(port: int, kind: str) -> list[dict[str, Any]]:
