@@ -1,0 +1,1 @@
+"""The DaskCluster operator (kopf) and its user API: see operators/README.md."""
