@@ -9,12 +9,12 @@ PYTEST := $(VENV)/bin/python -m pytest
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: help up down tools cluster-up cluster-down cluster-status venv lint \
-        images test test-real-node test-images test-unit test-chart test-integration clean
+        images test test-e2e test-real-node test-images test-unit test-chart test-integration clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
-up: ## Bring the facility up: tools, local cluster, chart (development values)
+up: ## Bring the facility up: tools, images, a real-node cluster, login, chart (FACILITY_NODES=kwok: simulated)
 	ci/up
 
 down: ## Remove the facility and stop the local cluster (deletes all its data)
@@ -50,11 +50,14 @@ $(NODE)/node_modules/.installed: $(NODE)/package-lock.json
 lint: venv tools ## ruff, shell syntax, helm lint --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	for script in ci/tools ci/cluster ci/cluster.d/*.sh ci/up ci/prereqs ci/traefik-crds .ci/run; do bash -n $$script; done
+	for script in ci/tools ci/cluster ci/cluster.d/*.sh ci/up ci/prereqs ci/traefik-crds ci/gitops-crds .ci/run; do bash -n $$script; done
 	helm lint --strict charts/facility
 
 test: lint cluster-up ## Run every test layer (starts the local cluster)
 	$(PYTEST) tests -m "not realnode and not images"
+
+test-e2e: venv tools ## End-to-end: ci/up on a real-node cluster of its own, login, JupyterLab, upgrade, uninstall
+	$(PYTEST) tests/e2e -m e2e
 
 test-real-node: venv tools ## The real-node cluster mode (kubelet + containerd here; needs make images)
 	$(PYTEST) tests -m realnode
@@ -74,6 +77,7 @@ test-integration: venv tools ## Integration tests: tools, ci/cluster, real proce
 .PHONY: bench
 bench: venv tools ## Benchmarks, not tests (root): bench/xcache/report.json and report.png
 	$(VENV)/bin/python bench/xcache/run.py
+	$(VENV)/bin/python bench/dask_edge/run.py
 
 clean: ## Remove the virtualenv and tool links (the tool cache in ~/.cache stays)
 	rm -rf $(VENV) .tools

@@ -9,6 +9,8 @@ Sources (what a maintainer edits) and what is written from them:
   image adds (JupyterLab...), resolved together with science.txt as constraints, so a package
   both need has one version; jupyterhub is held at the hub's pin from pyproject.toml.
 - pyproject.toml (dependencies and the `hub` extra) -> images/hub/requirements.txt.
+- pyproject.toml (dependencies and the `operator` extra) and the Dask packages at science.txt's
+  pins (the operator imports facility_client's backends) -> images/operator/requirements.txt.
 
 setuptools is added to each: it builds the repository's own packages (hub_config,
 facility_client) inside the images, without build isolation (which would fetch it unpinned).
@@ -30,6 +32,9 @@ SCIENCE = ROOT / "images/requirements/science.txt"
 ANALYSIS_IN = ROOT / "images/analysis/requirements.in"
 ANALYSIS = ROOT / "images/analysis/requirements.txt"
 HUB = ROOT / "images/hub/requirements.txt"
+OPERATOR = ROOT / "images/operator/requirements.txt"
+# What the operator needs of the scientific stack: facility_client's backends (dask-jobqueue).
+OPERATOR_SCIENCE = ("dask", "distributed", "dask-jobqueue")
 
 
 def canonical(name: str) -> str:
@@ -57,9 +62,23 @@ def write(path: Path, source: str, pins: dict[str, str]) -> None:
     print(f"lock: {path.relative_to(ROOT)}: {len(pins)} packages")
 
 
-def hub_pins() -> list[str]:
+def project_pins(extra: str) -> list[str]:
+    """pyproject.toml's dependencies and one of its extras."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["hub"]]
+    return [*project["dependencies"], *project["optional-dependencies"][extra]]
+
+
+def hub_pins() -> list[str]:
+    return project_pins("hub")
+
+
+def lock_operator(tmp: Path, science: dict[str, str]) -> None:
+    """The operator's pins; the packages it shares with the workers keep science.txt's versions."""
+    operator_in = tmp / "operator.in"
+    dask = [f"{name}=={science[name]}" for name in OPERATOR_SCIENCE]
+    operator_in.write_text("\n".join([*project_pins("operator"), *dask, "setuptools"]) + "\n")
+    pins = resolve(["-r", str(operator_in), "-c", str(SCIENCE)])
+    write(OPERATOR, "pyproject.toml (dependencies, extra `operator`) and science.txt", pins)
 
 
 def main() -> None:
@@ -70,6 +89,7 @@ def main() -> None:
 
         science = resolve(["-r", str(SCIENCE_IN), "setuptools"])
         write(SCIENCE, "images/requirements/science.in", science)
+        lock_operator(Path(tmp), science)
 
         # The hub's own pins hold for what both run (jupyterhub: hub and jupyterhub-singleuser).
         hub_constraints = Path(tmp) / "hub-constraints.txt"

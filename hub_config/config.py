@@ -51,7 +51,8 @@ def configure(c: Config, facility: Facility) -> None:
     all_services = list(c.JupyterHub.get("services", []))
     all_roles = list(c.JupyterHub.get("load_roles", []))
     for more_services, more_roles in (services.idle_culler(facility),
-                                      services.tokens(facility, hub_host)):  # fmt: skip
+                                      services.tokens(facility, hub_host),
+                                      services.dask(facility)):  # fmt: skip
         all_services += more_services
         all_roles += more_roles
     c.JupyterHub.services = all_services

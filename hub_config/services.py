@@ -44,3 +44,18 @@ def tokens(facility: Facility, hub_host: str) -> Services:
     }
     role = {"name": "tokens", "scopes": token_service.SCOPES, "services": ["tokens"]}
     return [service], [role]
+
+
+def operator_url(facility: Facility) -> str:
+    """The operator's user API inside the cluster (FACILITY_OPERATOR_URL in the notebooks)."""
+    port = facility.values["operator"]["apiPort"]
+    return f"http://{facility.name('operator')}.{facility.namespace}:{port}"
+
+
+def dask(facility: Facility) -> Services:
+    """The operator's user API (facility_operator.api) as the service "dask", so the hub's proxy
+    also routes /services/dask/ to it. It needs no role: it asks the hub who a token is with
+    that token itself, which any token may do."""
+    if not facility.values["operator"]["enabled"]:
+        return [], []
+    return [{"name": "dask", "url": operator_url(facility), "display": False}], []

@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes.utils.quantity import parse_quantity
 
 from hub_config.facility import ConfigError, Facility
+from hub_config.services import operator_url
 
 HOME = "/home/jovyan"
 UID = 1000
@@ -94,7 +95,7 @@ def environment(facility: Facility) -> dict[str, str]:
     if xcache["enabled"]:
         cache["FACILITY_XCACHE"] = f"root://{names['xcache']}.{facility.namespace}:{xcache['port']}"
     return {
-        "FACILITY_OPERATOR_URL": f"http://{names['operator']}.{facility.namespace}:8000",
+        "FACILITY_OPERATOR_URL": operator_url(facility),
         "FACILITY_DASK_DOMAIN": edge["dask"]["domain"],
         "FACILITY_DASK_PORT": str(edge["service"]["port"]),
         **cache,

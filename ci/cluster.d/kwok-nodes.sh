@@ -31,6 +31,23 @@ unguard_routes() {
   done
 }
 
+# The default StorageClass of kwok mode: Kubernetes' own host-path provisioner (enabled in the
+# controller manager), so that PVCs bind.
+hostpath_storage_class() {
+  kubectl --kubeconfig="$kubeconfig" apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+EOF
+  log "default StorageClass 'standard' (host-path) created"
+}
+
 start_kwok_nodes() {
   # kwok manages only nodes annotated as fake, so real kubelets can join the same cluster later.
   local stages

@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # Real node mode of ci/cluster (FACILITY_NODES=real): this machine is the one node. containerd
 # and runc (Debian) run the pods, Debian's CNI plugins give them a bridge network, kubelet and
-# kube-proxy come from the project's multi-call binary. Everything lives in the state dir, so
-# `down` removes it; the images the pods need come from ci/images (`ci/images load`).
+# kube-proxy come from the project's multi-call binary, and local-path-provisioner (ci/tools)
+# serves the default StorageClass. Everything lives in the state dir, volumes included, so `down`
+# removes it; the images the pods need come from ci/images (`ci/images load`).
 #
-# Sourced by ci/cluster, which provides: state, pki, log, die, start, wait_healthy, cert,
+# Sourced by ci/cluster, which provides: state, pki, log, die, start, wait_healthy, failed, cert,
 # write_kubeconfig, node_name, advertise_ip, service_cidr and the ports.
 
 pod_cidr=10.244.0.0/24
@@ -13,19 +14,25 @@ containerd_socket() { echo "$state/containerd/containerd.sock"; }
 
 real_node_packages() {
   local tool missing=()
-  for tool in containerd runc iptables /usr/lib/cni/bridge; do
+  for tool in containerd runc iptables /usr/lib/cni/bridge local-path-provisioner; do
     command -v "$tool" >/dev/null || [ -x "$tool" ] || missing+=("$tool")
   done
   [ ${#missing[@]} -eq 0 ] ||
-    die "real nodes need ${missing[*]}: run ci/prereqs (Debian: containerd runc containernetworking-plugins iptables)"
+    die "real nodes need ${missing[*]}: run ci/prereqs (Debian: containerd runc containernetworking-plugins iptables) and ci/tools local-path-provisioner"
 }
 
+# Made once, before the apiserver starts: the apiserver rereads its kubelet client certificate
+# and takes a changed file for a rotation, closing every kubelet connection, the one being
+# opened included (the first `kubectl logs` or `exec` after a rewrite failed: "use of closed
+# network connection" in the apiserver, "TLS handshake error ... EOF" in the kubelet).
 real_node_pki() {
-  # The node's identity (the Node authorizer knows system:node:<name>), kube-proxy's, and the
-  # apiserver's client certificate for kubelets (logs, exec, port-forward).
+  # The node's identity (the Node authorizer knows system:node:<name>), kube-proxy's, the
+  # storage provisioner's (its RBAC: local-path.yaml), and the apiserver's client certificate
+  # for kubelets (logs, exec, port-forward).
   cert kubelet ca "/O=system:nodes/CN=system:node:$node_name" clientAuth,serverAuth \
     "IP:$advertise_ip,IP:127.0.0.1,DNS:$node_name"
   cert kube-proxy ca /CN=system:kube-proxy clientAuth
+  cert local-path-provisioner ca /CN=facility:local-path-provisioner clientAuth
   cert apiserver-kubelet-client ca /O=system:masters/CN=kube-apiserver-kubelet-client clientAuth
 }
 
@@ -96,8 +103,29 @@ resolvConf: /etc/resolv.conf
 EOF
 }
 
+# The storage helper pods' image: the Debian base that ci/images makes with debootstrap for all
+# its images (sh, mkdir, chmod, rm), imported as an image of its own: no image of ci/images is
+# just that, and the smallest Debian one is over twice its size. Its rootfs tarball becomes the
+# one layer of a docker-save archive, streamed to containerd without a copy.
+load_helper_image() {
+  local store=${XDG_CACHE_HOME:-$HOME/.cache}/facility/images base diff_id meta=$state/helper-image
+  base=$(find "$store" -maxdepth 1 -name 'debian-*.tar' -printf '%T@ %f\n' 2>/dev/null |
+    sort -n | tail -n 1 | cut -d' ' -f2)
+  [ -n "$base" ] ||
+    failed containerd "has no Debian base for the storage helper pods (make it: ci/images build pause coredns)"
+  HELPER_IMAGE=localhost/facility/debian:${base#debian-}
+  HELPER_IMAGE=${HELPER_IMAGE%.tar}
+  mkdir -p "$meta"
+  diff_id=$(sha256sum <"$store/$base" | cut -c1-64)
+  printf '{"architecture":"%s","os":"linux","config":{"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}\n' \
+    "$(dpkg --print-architecture)" "$diff_id" >"$meta/config.json"
+  printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["%s"]}]\n' "$HELPER_IMAGE" "$base" >"$meta/manifest.json"
+  tar -cf - -C "$meta" config.json manifest.json -C "$store" "$base" |
+    ctr --address "$(containerd_socket)" --namespace k8s.io images import - >"$state/logs/helper-image.log" 2>&1 ||
+    failed containerd "could not import $HELPER_IMAGE from $store/$base (log: $state/logs/helper-image.log)"
+}
+
 start_real_node() {
-  real_node_pki
   write_containerd_config
   write_kubelet_config
   local name
@@ -107,6 +135,7 @@ start_real_node() {
   # The node's own images; the facility's are loaded by whoever installs it (ci/up, tests).
   "$root/ci/images" load "$(containerd_socket)" pause coredns ||
     failed containerd "could not be given the pause and coredns images (build them: ci/images build pause coredns)"
+  load_helper_image
   start kubelet kubelet --config="$state/kubelet.yaml" --kubeconfig="$state/kubelet.kubeconfig" \
     --node-ip="$advertise_ip" --hostname-override="$node_name" --root-dir="$state/kubelet" \
     --cert-dir="$state/kubelet-pki"
@@ -126,6 +155,41 @@ start_cluster_dns() {
   kubectl --kubeconfig="$kubeconfig" -n kube-system rollout status deployment/coredns --timeout=120s >/dev/null ||
     failed kubelet "did not run cluster DNS (CoreDNS) within 120s"
   log "cluster DNS (CoreDNS) ready at $cluster_dns"
+}
+
+# Storage, once the node is Ready: local-path-provisioner on the host (like the control plane)
+# makes each volume a folder under the state dir, through a helper pod on the node. The helper
+# runs as root with no capability but DAC_OVERRIDE (teardown removes what the pods' users wrote).
+start_storage() {
+  local dir=$state/local-path
+  mkdir -p "$dir" "$state/volumes"
+  printf '{"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["%s"]}]}\n' \
+    "$state/volumes" >"$dir/config.json"
+  cat >"$dir/helper-pod.yaml" <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: helper-pod}
+spec:
+  priorityClassName: system-node-critical
+  containers:
+  - name: helper-pod
+    image: $HELPER_IMAGE
+    imagePullPolicy: Never
+    securityContext:
+      runAsUser: 0
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL], add: [DAC_OVERRIDE]}
+      seccompProfile: {type: RuntimeDefault}
+EOF
+  write_kubeconfig "$state/local-path-provisioner.kubeconfig" local-path-provisioner
+  kubectl --kubeconfig="$kubeconfig" apply -f "$here/cluster.d/local-path.yaml" >/dev/null
+  # (It logs an error after each helper pod: it reads their logs with an in-cluster client.)
+  start local-path-provisioner local-path-provisioner start --config="$dir/config.json" \
+    --helper-pod-file="$dir/helper-pod.yaml" --helper-image="$HELPER_IMAGE" \
+    --kubeconfig="$state/local-path-provisioner.kubeconfig" --namespace=local-path-storage \
+    --service-account-name=local-path-helper
+  wait_healthy local-path-provisioner 60
+  log "default StorageClass 'local-path' (local-path-provisioner; volumes in $state/volumes)"
 }
 
 # Before the processes stop: pods go first (kubelet unmounts their volumes), then what the

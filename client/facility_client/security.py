@@ -1,10 +1,10 @@
 """Dask TLS settings for one facility cluster (see operators/README.md, "TLS").
 
 Every cluster has its own CA, signed by the facility CA. `ClusterSecurity` makes the cluster CA
-a trust anchor on its own (OpenSSL's partial-chain flag), so a scheduler built with it refuses
-a certificate of any other cluster, although the same facility CA signed both. The cluster's
-`tls.crt` carries the leaf and the cluster CA, so a peer that trusts the facility CA (a worker,
-a client) verifies the whole chain.
+a trust anchor on its own (OpenSSL's partial-chain flag), so a scheduler or worker built with it
+refuses a certificate of any other cluster, although the same facility CA signed both (workers
+listen too: facility_client.worker). The cluster's `tls.crt` carries the leaf and the cluster
+CA, so a client that trusts the facility CA verifies the whole chain.
 """
 
 from __future__ import annotations

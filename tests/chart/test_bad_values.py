@@ -64,6 +64,18 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         {"edge": {"service": {"type": "ClusterIP", "nodePort": 30443}}},
         "/edge/service/nodePort",
     ),
+    ("unknown default backend", {"operator": {"backend": "pbs"}}, "/operator/backend"),
+    ("operator API on kopf's health port", {"operator": {"apiPort": 8080}}, "/operator/apiPort"),
+    (
+        "unknown HTCondor universe",
+        {"operator": {"backends": {"htcondor": {"universe": "grid"}}}},
+        "/operator/backends/htcondor/universe",
+    ),
+    (
+        "negative quota",
+        {"operator": {"quotas": {"users": {"alice": {"clusters": -1}}}}},
+        "/operator/quotas/users/alice/clusters",
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ import yaml
 from tests.chart.render import VALUES_DIR, VALUES_FILES, objects, render
 
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-COMPONENTS = {"hub", "proxy", "edge"}
+COMPONENTS = {"hub", "proxy", "edge", "operator"}
 # Components that a values file switches on: {component: its section, whose `enabled` is true}.
 OPTIONAL_COMPONENTS = {"xcache": "xcache"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
@@ -96,7 +96,8 @@ def test_every_component_has_a_network_policy(values: Path) -> None:
         for o in objs
         if o["kind"] == "NetworkPolicy"
     }
-    assert set(policies) == components(values) | {"singleuser-server"}
+    # Pods that others make: KubeSpawner the servers, the operator the Dask schedulers.
+    assert set(policies) == components(values) | {"singleuser-server", "dask-scheduler"}
     for component, spec in policies.items():
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}

@@ -30,7 +30,7 @@ from tests.integration.hub import local_overrides, write_config_dir
 
 pytestmark = pytest.mark.images
 
-IMAGES = ("hub", "proxy", "traefik", "analysis", "worker")
+IMAGES = ("hub", "proxy", "traefik", "analysis", "worker", "operator")
 SHARED_STACK = ("dask", "distributed", "coffea", "awkward", "uproot", "hist", "numpy", "xrootd")
 # As the chart runs its pods: restricted, no privilege, no capability.
 RESTRICTED = ["--cap-drop=ALL", "--security-opt=no-new-privileges"]
@@ -261,6 +261,41 @@ def test_no_version_skew_between_analysis_and_worker(engine: Engine) -> None:
     # jupyterhub-singleuser in the analysis image speaks to the hub: the same version.
     hub = pip_list(engine, "hub")
     assert analysis["jupyterhub"] == hub["jupyterhub"]
+
+
+# --- Dask: the operator, the scheduler pods, the notebooks' Dask panel -------------------------
+
+
+def test_operator_image_runs_the_operator_and_reaches_slurm(engine: Engine) -> None:
+    out = engine.python(
+        "operator",
+        "import kopf, facility_operator.handlers, facility_operator.api, "
+        "facility_client.backends.slurm, facility_client.backends.htcondor; print('ok')",
+    )
+    assert out.strip().endswith("ok")
+    # The sweep and the finalizer of SLURM clusters call squeue and scancel.
+    assert engine.run("operator", "squeue", "--version").startswith("slurm 22.")
+
+
+def test_worker_image_runs_scheduler_pods_of_every_backend(engine: Engine) -> None:
+    out = engine.python(
+        "worker",
+        "import facility_client.scheduler, facility_client.worker, dask_jobqueue, kubernetes, "
+        "prometheus_client; print('ok')",
+    )
+    assert out.strip().endswith("ok")
+    # The SLURM backend's scheduler submits with sbatch (dask-jobqueue shells out).
+    assert engine.run("worker", "sbatch", "--version").startswith("slurm 22.")
+
+
+def test_dask_panel_makes_facility_clusters(engine: Engine) -> None:
+    """The "new cluster" button of dask-labextension makes a FacilityCluster."""
+    out = engine.python(
+        "analysis",
+        "import dask, json; print(json.dumps(dask.config.get('labextension.factory')))",
+    )
+    factory = json.loads(out.splitlines()[-1])
+    assert (factory["module"], factory["class"]) == ("facility_client.cluster", "FacilityCluster")
 
 
 def test_worker_image_has_no_jupyterlab(engine: Engine) -> None:

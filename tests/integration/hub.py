@@ -112,7 +112,11 @@ def run_hub(tmp_path: Path, values: Mapping[str, Any], proxy_port: int) -> Itera
             if hub.poll() is not None:
                 pytest.fail(f"the hub exited ({hub.returncode}):\n{log_path.read_text()[-4000:]}")
             answer = http_get(f"{public}/hub/health", timeout=2)
-            return answer is not None and answer[0] == 200
+            # The hub answers before it has added its services' routes to the proxy; it says
+            # when it has (a service that does not answer, e.g. the operator's API outside a
+            # cluster, delays that by its check).
+            started = "JupyterHub is now running" in log_path.read_text(errors="replace")
+            return answer is not None and answer[0] == 200 and started
 
         wait_for(healthy, "the hub, through the proxy", 60)
         yield Hub(url=public, log_path=log_path)

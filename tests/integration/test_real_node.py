@@ -1,8 +1,11 @@
 """ci/cluster's real-node mode: this machine is a Kubernetes node (kubelet, containerd, runc,
-a CNI bridge, kube-proxy, CoreDNS), pods really run, and `down` leaves nothing behind.
+a CNI bridge, kube-proxy, CoreDNS, local-path-provisioner), pods really run, `kubectl logs` and
+`kubectl exec` reach them, a volume claim outlives its pod, and `down` leaves nothing behind.
 
 It runs a cluster of its own (own state dir and ports) beside the developer's, and needs the
-images from ci/images (pause, coredns, hub).
+images from ci/images: pause, coredns, and the Debian base they are built on, which the node
+imports for the storage helper pods. The pods here run that Debian image too: the node is under
+test, not the facility's images (tests/images has their smoke tests).
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ from tests.integration.test_local_cluster import listening, pid_alive
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
 PORT_BASE = 19400
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-              "containerd", "kubelet", "kube-proxy"]  # fmt: skip
+              "containerd", "kubelet", "kube-proxy", "local-path-provisioner"]  # fmt: skip
 PORTS = [PORT_BASE + offset for offset in (79, 80, 43, 57, 59, 50, 48, 56, 49)]
-IMAGE_TAG = "0.1.0"
+NODE = "facility-node-0"
+NAMESPACE = "probe"
+# The chart's pods: uid 1000, group 100 (users), which also owns their volumes (fsGroup).
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
+                "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def cluster(
@@ -40,10 +48,6 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
            "FACILITY_CLUSTER_PORT_BASE": str(PORT_BASE), "FACILITY_NODES": "real"}  # fmt: skip
     up = cluster(env, "up", timeout=600)
     assert up.returncode == 0, up.stdout + up.stderr
-    socket = state / "containerd" / "containerd.sock"
-    loaded = subprocess.run([str(ROOT / "ci" / "images"), "load", str(socket), "hub"],
-                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
-    assert loaded.returncode == 0, loaded.stderr
     yield env
     cluster(env, "down")
 
@@ -54,49 +58,134 @@ def kubectl(env: dict[str, str], *args: str, **kwargs: object) -> subprocess.Com
                           capture_output=True, text=True, timeout=120, **kwargs)  # type: ignore[call-overload]  # fmt: skip
 
 
-# The result goes to the termination message, which the pod's status carries (`kubectl logs`
-# through the kubelet's API does not work yet on this node: see the README's known gaps).
+def in_namespace(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """kubectl in the test's namespace."""
+    return kubectl(env, f"--namespace={NAMESPACE}", *args)
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    """The output of a kubectl run that must succeed (the first time: no retry hides a flake)."""
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def image(real: dict[str, str]) -> str:
+    """The node's Debian image (ci/cluster imports it for the storage helper pods)."""
+
+    def debian() -> str | None:
+        node = json.loads(ok(kubectl(real, "get", "node", NODE, "-o", "json")))
+        names = [name for image in node["status"].get("images", []) for name in image["names"]]
+        return next((name for name in names if name.startswith("localhost/facility/debian:")), None)
+
+    return str(wait_for(debian, "the node to report its Debian image", 60))
+
+
+@pytest.fixture(scope="module")
+def namespace(real: dict[str, str]) -> str:
+    ok(kubectl(real, "create", "namespace", NAMESPACE))
+    restricted = "pod-security.kubernetes.io/enforce=restricted"
+    ok(kubectl(real, "label", "namespace", NAMESPACE, restricted))
+    return NAMESPACE
+
+
+def run_pod(env: dict[str, str], name: str, image: str, script: str, claim: str = "") -> None:
+    """Creates a restricted pod that runs `script` in sh (with the claim's volume at /data)."""
+    container: dict[str, object] = {
+        "name": name, "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", script],
+        "securityContext": CONTAINER_SECURITY,
+    }  # fmt: skip
+    spec: dict[str, object] = {
+        "restartPolicy": "Never", "securityContext": POD_SECURITY,
+        "terminationGracePeriodSeconds": 1, "containers": [container],
+    }  # fmt: skip
+    if claim:
+        container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+        spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}  # fmt: skip
+    ok(kubectl(env, "apply", "-f", "-", input=json.dumps(pod)))
+
+
+def finished(env: dict[str, str], name: str) -> str:
+    """The pod's final phase, once it has one."""
+
+    def phase() -> str | None:
+        now = in_namespace(env, "get", "pod", name, "-o", "jsonpath={.status.phase}").stdout
+        return now if now in {"Succeeded", "Failed"} else None
+
+    return str(wait_for(phase, f"pod {name} to finish", 120))
+
+
+def logs(env: dict[str, str], name: str) -> str:
+    return ok(in_namespace(env, "logs", name)).strip()
+
+
+# Resolves the API server's Service through CoreDNS and connects to it through kube-proxy.
 PROBE = """
-import socket
-address = socket.gethostbyname("kubernetes.default.svc.cluster.local")
-socket.create_connection((address, 443), timeout=5).close()
-with open("/dev/termination-log", "w") as out:
-    out.write(f"dns {address}; service reached")
+read -r address _ <<EOF
+$(getent hosts kubernetes.default.svc.cluster.local)
+EOF
+timeout 5 bash -c "exec 3<>/dev/tcp/$address/443" && echo "dns $address; service reached"
 """
 
 
-def test_a_restricted_pod_runs_resolves_and_reaches_a_service(real: dict[str, str]) -> None:
-    node = json.loads(kubectl(real, "get", "node", "facility-node-0", "-o", "json").stdout)
+def test_a_restricted_pod_runs_resolves_and_reaches_a_service(
+    real: dict[str, str], namespace: str, image: str
+) -> None:
+    node = json.loads(ok(kubectl(real, "get", "node", NODE, "-o", "json")))
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://1.6")
     assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.34.4"
-    kubectl(real, "create", "namespace", "probe")
-    kubectl(real, "label", "namespace", "probe", "pod-security.kubernetes.io/enforce=restricted")
-    pod = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "namespace": "probe"},
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "probe", "image": f"localhost/facility/hub:{IMAGE_TAG}",
-                "imagePullPolicy": "Never", "command": ["python3", "-c", PROBE],
-                "securityContext": {"allowPrivilegeEscalation": False,
-                                    "capabilities": {"drop": ["ALL"]}},
-            }],
-        },
+    run_pod(real, "probe", image, PROBE)
+    assert finished(real, "probe") == "Succeeded", logs(real, "probe")
+    # The cluster's first `kubectl logs`: the API server's first connection to the kubelet (it
+    # once failed when ci/cluster rewrote the apiserver's kubelet client certificate after the
+    # apiserver had started).
+    assert logs(real, "probe") == "dns 10.96.0.1; service reached"
+
+
+def test_exec_runs_in_the_pod_as_its_user(real: dict[str, str], namespace: str, image: str) -> None:
+    run_pod(real, "shell", image, "echo ready; exec sleep 600")
+    ok(in_namespace(real, "wait", "--for=condition=Ready", "pod/shell", "--timeout=120s"))
+    assert logs(real, "shell") == "ready"
+    assert ok(in_namespace(real, "exec", "shell", "--", "id", "-u")).strip() == "1000"
+    groups = ok(in_namespace(real, "exec", "shell", "--", "id", "-G")).split()
+    assert "100" in groups
+    ok(in_namespace(real, "delete", "pod", "shell", "--wait=false"))
+
+
+def test_a_claim_on_the_default_class_outlives_its_pod(
+    real: dict[str, str], namespace: str, image: str
+) -> None:
+    claim = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "notes", "namespace": NAMESPACE},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
     }  # fmt: skip
-    made = kubectl(real, "apply", "-f", "-", input=json.dumps(pod))
-    assert made.returncode == 0, made.stderr
+    ok(kubectl(real, "apply", "-f", "-", input=json.dumps(claim)))
+    run_pod(real, "writer", image, 'echo "written by $(id -u)" > /data/note', claim="notes")
+    assert finished(real, "writer") == "Succeeded", logs(real, "writer")
 
-    def finished() -> str | None:
-        phase = kubectl(real, "get", "pod", "probe", "-n", "probe", "-o",
-                        "jsonpath={.status.phase}").stdout  # fmt: skip
-        return phase if phase in {"Succeeded", "Failed"} else None
+    bound = json.loads(ok(in_namespace(real, "get", "pvc", "notes", "-o", "json")))
+    assert bound["status"]["phase"] == "Bound"
+    assert bound["spec"]["storageClassName"] == "local-path"
+    volume = json.loads(ok(kubectl(real, "get", "pv", bound["spec"]["volumeName"], "-o", "json")))
+    folder = Path(volume["spec"]["hostPath"]["path"])
+    # In the cluster's state dir (so `down` removes it), open to the pods' non-root user.
+    assert folder.parent == Path(real["FACILITY_CLUSTER_DIR"]) / "volumes"
+    assert folder.stat().st_mode & 0o777 == 0o777
+    assert (folder / "note").stat().st_uid == 1000
 
-    assert wait_for(finished, "the probe pod to finish", 120) == "Succeeded"
-    status = json.loads(kubectl(real, "get", "pod", "probe", "-n", "probe", "-o", "json").stdout)
-    (container,) = status["status"]["containerStatuses"]
-    assert container["state"]["terminated"]["message"] == "dns 10.96.0.1; service reached"
+    ok(in_namespace(real, "delete", "pod", "writer", "--wait=true"))
+    run_pod(real, "reader", image, "cat /data/note", claim="notes")
+    assert finished(real, "reader") == "Succeeded", logs(real, "reader")
+    assert logs(real, "reader") == "written by 1000"
+
+    # Deleting the claim deletes the volume's folder too (a helper pod as root, which may remove
+    # what the pods' user wrote).
+    ok(in_namespace(real, "delete", "pod", "reader", "--wait=true"))
+    ok(in_namespace(real, "delete", "pvc", "notes", "--wait=true"))
+    wait_for(lambda: not folder.exists(), "the volume's folder to be removed", 120)
 
 
 def test_down_leaves_nothing(real: dict[str, str]) -> None:

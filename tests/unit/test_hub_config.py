@@ -258,7 +258,7 @@ def test_idle_culler_has_the_least_scopes() -> None:
     for role in roles.values():
         assert all(scope.split("!")[0] in scope_definitions for scope in role["scopes"])
     disabled = build({"devMode": True, "culler": {"enabled": False}})
-    assert [s["name"] for s in disabled.JupyterHub.services] == ["tokens"]
+    assert [s["name"] for s in disabled.JupyterHub.services] == ["tokens", "dask"]
 
 
 def test_token_service_beside_the_hub() -> None:
@@ -272,4 +272,15 @@ def test_token_service_beside_the_hub() -> None:
 def test_site_services_are_kept() -> None:
     mine = {"name": "monitor", "api_token": "x" * 32}
     c = build({"devMode": True, "hub": {"config": {"JupyterHub": {"services": [mine]}}}})
-    assert [s["name"] for s in c.JupyterHub.services] == ["monitor", "idle-culler", "tokens"]
+    names = [s["name"] for s in c.JupyterHub.services]
+    assert names == ["monitor", "idle-culler", "tokens", "dask"]
+
+
+def test_dask_service_is_the_operator() -> None:
+    c = build({"devMode": True})
+    (service,) = [s for s in c.JupyterHub.services if s["name"] == "dask"]
+    assert service["url"] == "http://af-facility-operator.facility:8000"
+    assert c.KubeSpawner.environment["FACILITY_OPERATOR_URL"] == service["url"]
+    assert not [r for r in c.JupyterHub.load_roles if "dask" in r.get("services", [])]
+    off = build({"devMode": True, "operator": {"enabled": False}})
+    assert "dask" not in [s["name"] for s in off.JupyterHub.services]

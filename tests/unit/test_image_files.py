@@ -87,3 +87,15 @@ def test_proxy_pins_are_exact_and_locked() -> None:
         assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name}: {version} is not exact"
         assert lock["packages"][f"node_modules/{name}"]["version"] == version
     assert all("integrity" in entry for key, entry in lock["packages"].items() if key)
+
+
+def test_operator_pins_agree_with_pyproject_and_the_workers() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = project["optional-dependencies"]["operator"]
+    wanted = dict(canonical(r) for r in [*project["dependencies"], *extra])
+    operator = pins(IMAGES / "operator/requirements.txt")
+    assert {name: operator.get(name) for name in wanted} == wanted
+    # The operator imports facility_client's backends: the Dask the scheduler pods run.
+    science = pins(IMAGES / "requirements/science.txt")
+    for name in ("dask", "distributed", "dask-jobqueue"):
+        assert operator[name] == science[name]

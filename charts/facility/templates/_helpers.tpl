@@ -131,3 +131,15 @@ securityContext:
     - {port: {{ . }}, protocol: TCP}
     {{- end }}
 {{- end -}}
+
+{{/* Egress to the Dask operator's user API (a hub service): from notebooks (FacilityCluster),
+the proxy (/services/dask/) and the hub (its service check); only when operator.enabled. */}}
+{{- define "facility.egressOperator" -}}
+# The Dask operator's user API.
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "facility.selectorLabels" (dict "root" . "component" "operator") | nindent 10 }}
+  ports:
+    - port: {{ .Values.operator.apiPort }}
+{{- end -}}

@@ -1,0 +1,136 @@
+"""kopf handlers of DaskCluster resources, and the operator's own start and stop.
+
+The Kubernetes client blocks, so every call runs in a thread (asyncio.to_thread); the handlers
+themselves stay async so that per-cluster daemons do not each hold a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from facility_operator import reconcile
+from facility_operator import resources as res
+from facility_operator.kube import Kube
+from facility_operator.settings import Settings
+
+DASK_CLUSTERS = (res.GROUP, res.VERSION, res.PLURAL)
+FINALIZER = f"{res.GROUP}/batch-jobs"
+log = logging.getLogger(__name__)
+
+STOP_POLL = 0.5  # seconds between checks that a deleted scheduler pod is gone
+STOP_WAIT = 40  # seconds the finalizer waits for it in one go (the pod's grace period is 30)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's state in annotations of the DaskClusters themselves (no extra resources), and
+    nothing that needs more than the chart's namespaced Role."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=res.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=res.GROUP)
+    settings.posting.level = logging.WARNING  # Kubernetes events only for what needs a look
+    # One named namespace, the CRD installed with the chart: no cluster-wide watch of
+    # namespaces and CRDs, which a namespaced Role could not allow anyway.
+    settings.scanning.disabled = True
+
+
+def _api_app(settings: Settings) -> web.Application | None:
+    """The users' API (facility_operator.api), when this build has it."""
+    try:
+        api = importlib.import_module("facility_operator.api")
+    except ModuleNotFoundError as error:
+        if error.name != "facility_operator.api":
+            raise
+        return None
+    return api.make_app(settings)
+
+
+async def _sweep_forever(memo: kopf.Memo) -> None:
+    settings: Settings = memo.settings
+    while True:
+        # Backends in use, and the default: a gone cluster's jobs are on one of these.
+        backends = {settings.default_backend, *memo.backends_seen}
+        try:
+            await asyncio.to_thread(reconcile.sweep, memo.kube, settings, backends)
+        except Exception:
+            # An API server hiccup must not end the sweeping for the operator's lifetime.
+            log.exception("sweep failed; next try in %s s", settings.sweep_interval)
+        await asyncio.sleep(settings.sweep_interval)
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    configure(settings)
+    memo.kube = await asyncio.to_thread(Kube.connect)
+    await asyncio.to_thread(reconcile.ensure_ca, memo.kube, memo.settings)
+    memo.backends_seen = set()
+    memo.sweeper = asyncio.create_task(_sweep_forever(memo))
+    memo.api_runner = None
+    app = _api_app(memo.settings)
+    if app is not None:
+        memo.api_runner = web.AppRunner(app)
+        await memo.api_runner.setup()
+        await web.TCPSite(memo.api_runner, port=memo.settings.api_port).start()
+        logger.info(f"the users' API listens on port {memo.settings.api_port}")
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await memo.sweeper
+    if memo.api_runner is not None:
+        await memo.api_runner.cleanup()
+
+
+@kopf.on.resume(*DASK_CLUSTERS)
+@kopf.on.create(*DASK_CLUSTERS)
+@kopf.on.update(*DASK_CLUSTERS, field="spec")
+async def reconcile_cluster(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    patch: kopf.Patch,
+    **_: Any,
+) -> None:
+    settings: Settings = memo.settings
+    cluster = dict(body)
+    memo.backends_seen.add(cluster["spec"]["backend"])
+    await asyncio.to_thread(reconcile.ensure_objects, memo.kube, settings, cluster)
+    patch.status["schedulerAddress"] = res.scheduler_address(settings, cluster)
+    patch.status["dashboardLink"] = res.dashboard_link(cluster)
+    patch.status["observedGeneration"] = meta["generation"]
+    if not status.get("phase"):
+        patch.status["phase"] = "Pending"
+
+
+@kopf.daemon(*DASK_CLUSTERS, cancellation_timeout=10)
+async def watch_scheduler(body: kopf.Body, memo: kopf.Memo, stopped: Any, **_: Any) -> None:
+    """Status every statusInterval; ends the cluster when its scheduler has ended."""
+    while not stopped:
+        await asyncio.to_thread(reconcile.update_status, memo.kube, memo.settings, dict(body))
+        await stopped.wait(memo.settings.status_interval)
+
+
+@kopf.on.delete(*DASK_CLUSTERS)
+async def remove_batch_jobs(
+    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any, **_: Any
+) -> None:
+    """Before the cluster goes: stop its scheduler (no new jobs), then remove its jobs."""
+    cluster = dict(body)
+    patch.status["phase"] = "Ending"
+    await asyncio.to_thread(reconcile.stop_scheduler, memo.kube, cluster)
+    deadline = asyncio.get_running_loop().time() + STOP_WAIT
+    while not await asyncio.to_thread(reconcile.scheduler_gone, memo.kube, cluster):
+        if asyncio.get_running_loop().time() > deadline:
+            raise kopf.TemporaryError("the scheduler pod has not stopped yet", delay=STOP_WAIT)
+        await asyncio.sleep(STOP_POLL)
+    removed = await asyncio.to_thread(reconcile.remove_jobs, memo.settings, cluster)
+    logger.info(f"removed {removed} batch jobs of {res.cluster_key(cluster)}")

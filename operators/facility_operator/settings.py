@@ -1,0 +1,132 @@
+"""The operator's configuration: the chart's values, whole, as the chart mounts them.
+
+The chart hands the operator the hub's values Secret (`values.yaml`, `release.yaml`) and the
+release's full name and namespace in the environment; everything else is read from the values
+here, so that no Python is templated by Helm (DESIGN.md, "Values reach Python whole").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VALUES_DIR = Path("/etc/facility/values")
+
+
+def _snake_case(key: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+
+
+def component_name(fullname: str, component: str) -> str:
+    """The chart's name of one component's object (facility.componentName in _helpers.tpl)."""
+    return f"{fullname[:50].rstrip('-')}-{component}"
+
+
+def image_ref(registry: str, image: Mapping[str, Any], app_version: str) -> str:
+    """An image reference from {repository, tag}, as the chart's facility.image builds it."""
+    repository = str(image["repository"])
+    if registry:
+        repository = f"{registry.rstrip('/')}/{repository}"
+    return f"{repository}:{image.get('tag') or app_version}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator and its user API need to know about the facility."""
+
+    namespace: str
+    fullname: str
+    release: str  # the Helm release's name (the chart's app.kubernetes.io/instance label)
+    dask_domain: str  # edge.dask.domain: clusters are tls://<id>.<domain>:<public_port>
+    public_port: int  # edge.service.port
+    hub_api_url: str  # e.g. http://<fullname>-hub.<namespace>:8081/hub/api
+    worker_image: str  # the default image of schedulers and workers
+    worker_image_pull_policy: str
+    image_pull_secrets: tuple[str, ...]
+    default_backend: str  # htcondor, slurm or kubernetes
+    backends: Mapping[str, Mapping[str, Any]]  # operator.backends: each backend's values
+    quotas: Mapping[str, Any]  # {default: {clusters, workers, cores}, users: {}, groups: {}}
+    idle_timeout: int  # seconds; a cluster's default idleTimeout
+    max_idle_timeout: int  # seconds; the most a user may ask for (0: no limit)
+    sweep_interval: float  # seconds between two sweeps of orphaned batch jobs
+    status_interval: float  # seconds between two status updates of a cluster
+    api_port: int
+    scheduler_resources: Mapping[str, Any]
+    scheduler_service_account: str  # used by schedulers of the Kubernetes backend only
+    xcache: str  # root://host:port of the facility's XCache, or "" when it does not run
+
+    @property
+    def ca_secret(self) -> str:
+        """The facility CA's Secret (operators/README.md, TLS)."""
+        return f"{self.fullname}-dask-ca"
+
+    def backend_config(self, backend: str) -> dict[str, Any]:
+        """One backend's values from the chart as the backends read them (FACILITY_BACKEND_CONFIG):
+        keys in snake_case (edgeHost -> edge_host), empty strings and nulls left out (unset)."""
+        values = self.backends.get(backend) or {}
+        return {_snake_case(key): value for key, value in values.items() if value not in ("", None)}
+
+    @classmethod
+    def from_values(
+        cls,
+        values: Mapping[str, Any],
+        release_fullname: str,
+        namespace: str,
+        app_version: str = "latest",
+        release_name: str = "",
+    ) -> Settings:
+        """Settings from the chart's values (app_version: the default image tag; release_name:
+        the Helm release, when it differs from release_fullname)."""
+        operator = values["operator"]
+        edge = values["edge"]
+        xcache = values.get("xcache") or {}
+        xcache_address = ""
+        if xcache.get("enabled"):
+            host = f"{component_name(release_fullname, 'xcache')}.{namespace}"
+            xcache_address = f"root://{host}:{xcache['port']}"
+        hub = component_name(release_fullname, "hub")
+        worker_image = operator["worker"]["image"]
+        return cls(
+            namespace=namespace,
+            fullname=release_fullname,
+            release=release_name or release_fullname,
+            dask_domain=str(edge["dask"]["domain"]),
+            public_port=int(edge["service"]["port"]),
+            hub_api_url=f"http://{hub}.{namespace}:8081/hub/api",
+            worker_image=image_ref(values.get("imageRegistry", ""), worker_image, app_version),
+            worker_image_pull_policy=str(worker_image.get("pullPolicy", "IfNotPresent")),
+            image_pull_secrets=tuple(values.get("imagePullSecrets") or ()),
+            default_backend=str(operator["backend"]),
+            backends={name: dict(config or {}) for name, config in operator["backends"].items()},
+            quotas=dict(operator["quotas"]),
+            idle_timeout=int(operator["idleTimeout"]["default"]),
+            max_idle_timeout=int(operator["idleTimeout"]["max"]),
+            sweep_interval=float(operator["sweepInterval"]),
+            status_interval=float(operator["statusInterval"]),
+            api_port=int(operator["apiPort"]),
+            scheduler_resources=dict(operator["scheduler"]["resources"]),
+            scheduler_service_account=component_name(release_fullname, "dask-scheduler"),
+            xcache=xcache_address,
+        )
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings in the operator's pod: FACILITY_VALUES_DIR (the hub-values Secret, mounted),
+        FACILITY_FULLNAME and FACILITY_NAMESPACE (set by the chart's Deployment)."""
+        directory = Path(os.environ.get("FACILITY_VALUES_DIR", VALUES_DIR))
+        values = yaml.safe_load((directory / "values.yaml").read_text()) or {}
+        release_file = directory / "release.yaml"
+        release = yaml.safe_load(release_file.read_text()) if release_file.exists() else {}
+        return cls.from_values(
+            values,
+            release_fullname=os.environ["FACILITY_FULLNAME"],
+            namespace=os.environ["FACILITY_NAMESPACE"],
+            app_version=str((release or {}).get("appVersion") or "latest"),
+            release_name=str((release or {}).get("name") or ""),
+        )

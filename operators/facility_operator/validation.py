@@ -1,0 +1,104 @@
+"""Request bodies of the user API, checked field by field before anything reaches Kubernetes.
+
+The bounds are the CRD's (charts/facility/crds/daskcluster.yaml; a unit test keeps the two
+equal): checking them here names the field in words a user understands, and lets the quota
+arithmetic trust the numbers. What depends on the whole object (minWorkers <= maxWorkers, also
+across a PATCH of one of them) is left to the API server, whose refusal the API passes on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from facility_operator.errors import ApiError
+from facility_operator.settings import Settings
+
+WORKERS = (0, 10000)
+CORES = (1, 128)
+IMAGE_LENGTH = 512
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+
+CLUSTER_FIELDS = ("backend", "worker", "minWorkers", "maxWorkers", "idleTimeout")
+WORKER_FIELDS = ("cores", "memory", "disk", "image")
+SCALE_FIELDS = ("minWorkers", "maxWorkers")
+
+
+def refuse(field: str | None, message: str) -> ApiError:
+    return ApiError(400, message, field)
+
+
+def json_object(body: Any, where: str | None, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    """body as a JSON object whose keys are all in allowed; an unknown key is refused by name."""
+    what = f"{where} " if where else "the body "
+    if not isinstance(body, Mapping):
+        raise refuse(where, f"{what}must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            field = f"{where}.{key}" if where else str(key)
+            raise refuse(field, f"unknown field {field}; known: {', '.join(allowed)}")
+    return body
+
+
+def integer(value: Any, field: str, low: int, high: int, unit: str = "") -> int:
+    # JSON true is a Python int: refuse it as what it is, not a number.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise refuse(field, f"{field} must be an integer between {low} and {high}{unit}")
+    return value
+
+
+def worker(body: Any) -> dict[str, Any]:
+    given = json_object(body, "worker", WORKER_FIELDS)
+    out: dict[str, Any] = {}
+    if "cores" in given:
+        out["cores"] = integer(given["cores"], "worker.cores", *CORES)
+    for name in ("memory", "disk"):
+        if name in given:
+            value = given[name]
+            if not isinstance(value, str) or not QUANTITY.match(value):
+                raise refuse(f"worker.{name}", f"worker.{name} must be a quantity such as 4Gi")
+            out[name] = value
+    if "image" in given:
+        image = given["image"]
+        if not isinstance(image, str) or len(image) > IMAGE_LENGTH:
+            message = f"worker.image must be an image name of at most {IMAGE_LENGTH} characters"
+            raise refuse("worker.image", message)
+        out["image"] = image
+    return out
+
+
+def idle_timeout(value: Any, settings: Settings) -> int:
+    longest = settings.max_idle_timeout
+    if not longest:
+        return integer(value, "idleTimeout", 0, 2**31 - 1, " seconds (0: never)")
+    # A site that sets a longest timeout also rules out "never".
+    unit = " seconds (operator.idleTimeout.max)"
+    return integer(value, "idleTimeout", 1, longest, unit)
+
+
+def cluster_request(body: Any, settings: Settings) -> dict[str, Any]:
+    """The spec (without owner) that a POST /clusters body asks for, with the site's defaults."""
+    given = json_object(body, None, CLUSTER_FIELDS)
+    backend = given.get("backend", settings.default_backend)
+    if backend not in settings.backends:
+        known = ", ".join(sorted(settings.backends))
+        raise refuse("backend", f"backend must be one of {known}")
+    spec: dict[str, Any] = {
+        "backend": backend,
+        "idleTimeout": idle_timeout(given.get("idleTimeout", settings.idle_timeout), settings),
+    }
+    if "worker" in given:
+        spec["worker"] = worker(given["worker"])
+    for name in ("minWorkers", "maxWorkers"):
+        if name in given:
+            spec[name] = integer(given[name], name, *WORKERS)
+    return spec
+
+
+def scale_request(body: Any) -> dict[str, int]:
+    """The minWorkers and maxWorkers that a PATCH body asks for (at least one of them)."""
+    given = json_object(body, None, SCALE_FIELDS)
+    if not given:
+        raise refuse(None, "send minWorkers, maxWorkers or both")
+    return {name: integer(value, name, *WORKERS) for name, value in given.items()}

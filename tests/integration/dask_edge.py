@@ -1,0 +1,305 @@
+"""Dask clusters behind the edge, as the chart and the operator make them, all on loopback.
+
+The real Traefik runs with the chart's own arguments for its public entrypoint (`websecure`, the
+port remapped to a free loopback port). Its Kubernetes provider is replaced by the file provider,
+carrying the routes the operator would create (operators/README.md): per cluster a TCP router
+`HostSNI(`<id>.<domain>`)` with TLS passthrough to the scheduler, plus an HTTPS router for the
+hub. Each cluster is a real `distributed` Scheduler in its own process (as its pod runs it), with
+its own TLS identity (facility_operator.certs) and `scheduler_security`; workers are
+`dask worker` processes, as batch jobs run them.
+
+No wildcard DNS resolves `<id>.<domain>` here, so clients and workers dial the edge's loopback
+address and set the cluster's name as the SNI by hand (`ClusterSecurity(sni=...)`,
+`dask worker --scheduler-sni`): on the wire this is what a connection to
+`tls://<id>.<domain>:<port>` sends. Workers run without a Nanny for the same reason: the Nanny's
+own connections to the scheduler do not carry `--scheduler-sni` (FIELD-NOTES.md), which only
+matters without DNS.
+
+Shared by tests/integration/test_dask_edge.py and bench/dask_edge/run.py. This module is also the
+scheduler process: `python -m tests.integration.dask_edge <tls-dir> <port> <contact-address>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from distributed import Scheduler, get_worker
+from facility_client.security import ClusterSecurity, client_security, scheduler_security
+from facility_operator.certs import ClusterIdentity, KeyPair, new_cluster_identity
+
+from tests.chart.render import VALUES_DIR, objects, render
+from tests.conftest import ROOT, free_port, tool, wait_for
+
+DOMAIN = "dask.example.org"
+LOOPBACK = "127.0.0.1"
+ENTRYPOINT = "websecure"  # the chart's one public entrypoint
+HUB_RULE = "PathPrefix(`/`)"  # the hub's IngressRoute rule in the chart
+
+
+def chart_edge_args() -> list[str]:
+    """The edge container's arguments, as the chart renders them with its default values."""
+    (edge,) = [
+        o for o in objects(render(VALUES_DIR / "defaults.yaml"))
+        if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-edge")
+    ]  # fmt: skip
+    return edge["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def local_edge_args(chart_args: list[str], port: int, api_port: int, routes: Path) -> list[str]:
+    """The chart's arguments for a process on loopback: the public entrypoint and Traefik's own
+    (ping, and the API that shows the loaded routers) on free loopback ports, the file provider
+    instead of the Kubernetes one, and without the plain-HTTP redirect, which is not under test.
+    """
+    address = {ENTRYPOINT: f"{LOOPBACK}:{port}", "traefik": f"{LOOPBACK}:{api_port}"}
+    args = []
+    for arg in chart_args:
+        if arg.startswith(("--providers.kubernetesCRD", "--entryPoints.web.")):
+            continue
+        option, _, _ = arg.partition("=")
+        entrypoint = option.split(".")[1] if option.startswith("--entryPoints.") else None
+        if entrypoint in address and option.endswith(".address"):
+            arg = f"{option}={address.pop(entrypoint)}"
+        args.append(arg)
+    if address:
+        raise ValueError(f"the chart's edge has no address for {sorted(address)}: {chart_args}")
+    return [
+        *args,
+        f"--providers.file.filename={routes}",
+        "--api.insecure=true",
+        "--api.dashboard=false",
+    ]
+
+
+def routes_config(schedulers: dict[str, str], hub: str) -> dict[str, Any]:
+    """The file provider's form of the operator's IngressRouteTCPs and the chart's hub route.
+
+    schedulers: SNI name -> the scheduler's host:port (its Service); hub: the hub's URL.
+    """
+    names = {sni: sni.split(".", 1)[0] for sni in schedulers}
+    return {
+        "tcp": {
+            "routers": {
+                names[sni]: {
+                    "entryPoints": [ENTRYPOINT],
+                    "rule": f"HostSNI(`{sni}`)",
+                    "service": f"{names[sni]}-scheduler",
+                    "tls": {"passthrough": True},
+                }
+                for sni in schedulers
+            },
+            "services": {
+                f"{names[sni]}-scheduler": {"loadBalancer": {"servers": [{"address": address}]}}
+                for sni, address in schedulers.items()
+            },
+        },
+        "http": {
+            "routers": {
+                "hub": {
+                    "entryPoints": [ENTRYPOINT],
+                    "rule": HUB_RULE,
+                    "service": "hub",
+                    "tls": {},
+                }
+            },
+            "services": {"hub": {"loadBalancer": {"servers": [{"url": hub}]}}},
+        },
+    }
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def enabled_routers(api_port: int, kind: str) -> list[dict[str, Any]]:
+    url = f"http://{LOOPBACK}:{api_port}/api/{kind}/routers"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            routers = json.load(response)
+    except OSError:
+        return []
+    return [r for r in routers if r.get("status") == "enabled"]
+
+
+@dataclass(frozen=True)
+class Edge:
+    process: subprocess.Popen[bytes]
+    port: int
+    api_port: int
+    log: Path
+
+    @property
+    def address(self) -> str:
+        """Where every client and worker dials: one loopback port for every cluster."""
+        return f"tls://{LOOPBACK}:{self.port}"
+
+
+@contextlib.contextmanager
+def running_edge(workdir: Path, port: int, schedulers: dict[str, str], hub: str) -> Iterator[Edge]:
+    """Traefik with the chart's entrypoint and these routes, once it has loaded all of them."""
+    routes = workdir / "routes.yaml"
+    routes.write_text(yaml.safe_dump(routes_config(schedulers, hub)))
+    api_port = free_port()
+    log = workdir / "traefik.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [tool("traefik"), *local_edge_args(chart_edge_args(), port, api_port, routes)],
+            stdout=out,
+            stderr=out,
+        )
+    edge = Edge(process, port, api_port, log)
+    try:
+        wait_for(
+            lambda: (
+                len(enabled_routers(api_port, "tcp")) == len(schedulers)
+                and enabled_routers(api_port, "http")
+            ),
+            f"Traefik's routers (its log: {log})",
+            30,
+        )
+        yield edge
+    finally:
+        stop(process)
+
+
+def cluster_id(user: str) -> str:
+    """`<user-slug>-<5 random [a-z0-9]>`, as the operator names a cluster."""
+    alphabet = string.ascii_lowercase + string.digits
+    return f"{user}-{''.join(secrets.choice(alphabet) for _ in range(5))}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One user's Dask cluster: its identity (the Secret's files) and its scheduler's ports."""
+
+    id: str
+    identity: ClusterIdentity
+    tls_dir: Path
+    scheduler_port: int
+    edge_port: int
+
+    @property
+    def sni(self) -> str:
+        return f"{self.id}.{DOMAIN}"
+
+    @property
+    def public_address(self) -> str:
+        """What the operator publishes and gives the scheduler as its contact address.
+        (distributed 2026.8.0 keeps the scheduler's `contact_address` but reports its listen
+        address to clients: the published address comes from the operator, not the scheduler.)
+        """
+        return f"tls://{self.sni}:{self.edge_port}"
+
+    @property
+    def direct_address(self) -> str:
+        return f"tls://{LOOPBACK}:{self.scheduler_port}"
+
+    def security(self, through_edge: bool) -> ClusterSecurity:
+        """The user's client settings (the user API's credentials), with the SNI for the edge."""
+        identity = self.identity
+        sni = self.sni if through_edge else None
+        return client_security(identity.facility_ca, identity.tls_cert, identity.tls_key, sni)
+
+
+def new_cluster(facility_ca: KeyPair, user: str, workdir: Path, edge_port: int) -> Cluster:
+    """A cluster's identity written as its Secret would be mounted, and a port for its scheduler."""
+    name = cluster_id(user)
+    identity = new_cluster_identity(facility_ca, name, f"{name}.{DOMAIN}")
+    tls_dir = workdir / name / "tls"
+    tls_dir.mkdir(parents=True)
+    for filename, text in identity.secret_data().items():
+        path = tls_dir / filename
+        path.touch(mode=0o600)
+        path.write_text(text)
+    return Cluster(name, identity, tls_dir, free_port(), edge_port)
+
+
+def process_env() -> dict[str, str]:
+    """Scheduler and workers import this module (the scheduler, the test's task functions)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@contextlib.contextmanager
+def running_scheduler(cluster: Cluster, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The cluster's scheduler process (its pod), once its log says where it listens: a probe
+    connection would show in the log that the tests read."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "tests.integration.dask_edge",
+                str(cluster.tls_dir), str(cluster.scheduler_port), cluster.public_address,
+            ],
+            stdout=out, stderr=out, cwd=ROOT, env=process_env(),
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "Scheduler at:" in log.read_text(), f"scheduler {cluster.id} ({log})", 30)
+        yield process
+    finally:
+        stop(process)
+
+
+@contextlib.contextmanager
+def running_worker(
+    cluster: Cluster, name: str, log: Path, edge: Edge | None, nthreads: int = 1
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`dask worker` as a batch job runs it, with the cluster's credentials (the facility CA as
+    its trust anchor): through the edge by SNI, or straight at the scheduler without an edge."""
+    tls = cluster.tls_dir
+    target = [cluster.direct_address]
+    if edge is not None:
+        target = [edge.address, "--scheduler-sni", cluster.sni]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "dask"), "worker", *target,
+                "--name", name, "--no-nanny", "--nthreads", str(nthreads),
+                "--host", LOOPBACK, "--dashboard-address", f"{LOOPBACK}:0",
+                "--local-directory", str(log.parent / name),
+                "--tls-ca-file", str(tls / "ca.crt"),
+                "--tls-cert", str(tls / "tls.crt"),
+                "--tls-key", str(tls / "tls.key"),
+            ],
+            stdout=out, stderr=out, cwd=ROOT, env=process_env(),
+        )  # fmt: skip
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def worker_name(_: object = None) -> str:
+    """A task: the name of the worker that runs it."""
+    return str(get_worker().name)
+
+
+async def serve_scheduler(tls_dir: Path, port: int, contact_address: str) -> None:
+    async with Scheduler(
+        host=LOOPBACK,
+        port=port,
+        dashboard_address=f"{LOOPBACK}:0",
+        security=scheduler_security(tls_dir),
+        contact_address=contact_address,
+    ) as scheduler:
+        await scheduler.finished()
+
+
+if __name__ == "__main__":
+    directory, scheduler_port, contact = sys.argv[1:]
+    asyncio.run(serve_scheduler(Path(directory), int(scheduler_port), contact))

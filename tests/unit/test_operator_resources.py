@@ -1,0 +1,293 @@
+"""The operator's object builders (facility_operator.resources) against the contract in
+operators/README.md: names, labels, owner references, Pod Security "restricted", the edge's SNI
+route; and the status it derives from a scheduler pod and its metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from facility_operator import resources as res
+from facility_operator.certs import ClusterIdentity, new_facility_ca
+from facility_operator.settings import Settings
+from facility_operator.status import scheduler_status, workers_from_metrics
+from kubernetes import client
+
+from tests.chart.test_objects import restricted_violations
+from tests.conftest import CHART, merge_values
+
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+CONTRACT_LABELS = {"facility.hep.io/cluster", "facility.hep.io/owner"}
+
+
+def settings(**overrides: Any) -> Settings:
+    values = merge_values(VALUES, {"edge": {"dask": {"domain": "dask.af.example.org"}}})
+    return Settings.from_values(
+        merge_values(values, overrides), "af", "facility", app_version="1.2.3", release_name="rel"
+    )
+
+
+def cluster(backend: str = "htcondor", **spec: Any) -> dict[str, Any]:
+    """A DaskCluster as the API server returns it (the CRD's defaults applied)."""
+    return {
+        "apiVersion": "facility.hep.io/v1alpha1",
+        "kind": "DaskCluster",
+        "metadata": {
+            "name": "alice-x1y2z",
+            "namespace": "facility",
+            "uid": "0b6a3b7e-0000-4000-8000-000000000001",
+            "labels": {"facility.hep.io/cluster": "alice-x1y2z", "facility.hep.io/owner": "alice"},
+        },
+        "spec": {
+            "owner": "Alice",
+            "backend": backend,
+            "worker": {"cores": 2, "memory": "4Gi", "disk": "8Gi", "image": ""},
+            "minWorkers": 1,
+            "maxWorkers": 5,
+            "idleTimeout": 600,
+            **spec,
+        },
+    }
+
+
+def identity() -> ClusterIdentity:
+    return ClusterIdentity("facility-ca", "cluster-ca", "leaf+cluster-ca", "leaf-key")
+
+
+def all_objects(body: dict[str, Any]) -> list[dict[str, Any]]:
+    s = settings()
+    return [
+        res.tls_secret(s, body, identity()),
+        res.scheduler_pod(s, body),
+        res.scheduler_service(s, body),
+        res.ingress_route(s, body),
+    ]
+
+
+def test_names_follow_the_contract() -> None:
+    names = {(o["kind"], o["metadata"]["name"]) for o in all_objects(cluster())}
+    assert names == {
+        ("Secret", "alice-x1y2z-tls"),
+        ("Pod", "alice-x1y2z-scheduler"),
+        ("Service", "alice-x1y2z-scheduler"),
+        ("IngressRouteTCP", "alice-x1y2z"),
+    }
+
+
+def test_every_object_is_labelled_and_owned_by_its_cluster() -> None:
+    body = cluster()
+    for obj in all_objects(body):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "facility"
+        assert meta["labels"]["facility.hep.io/cluster"] == "alice-x1y2z"
+        assert meta["labels"]["facility.hep.io/owner"] == "alice"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "facility-operator"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "rel"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "facility.hep.io/v1alpha1",
+                "kind": "DaskCluster",
+                "name": "alice-x1y2z",
+                "uid": body["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    components = {
+        o["kind"]: o["metadata"]["labels"].get(res.LABEL_COMPONENT) for o in all_objects(body)
+    }
+    assert components["Pod"] == components["Service"] == "dask-scheduler"
+
+
+def test_owner_label_falls_back_to_the_slug_of_the_owner() -> None:
+    body = cluster()
+    del body["metadata"]["labels"]
+    body["spec"]["owner"] = "Bob.Smith@CERN"
+    assert res.labels(settings(), body)["facility.hep.io/owner"] == "bob-smith-cern"
+
+
+def test_secret_holds_the_identity_under_the_contracts_keys() -> None:
+    secret = res.tls_secret(settings(), cluster(), identity())
+    assert secret["type"] == "Opaque"
+    assert secret["stringData"] == {
+        "ca.crt": "facility-ca",
+        "cluster-ca.crt": "cluster-ca",
+        "tls.crt": "leaf+cluster-ca",
+        "tls.key": "leaf-key",
+    }
+
+
+def test_ca_secret_belongs_to_no_cluster() -> None:
+    ca = new_facility_ca("af")
+    secret = res.ca_secret(settings(), ca)
+    assert secret["metadata"]["name"] == "af-dask-ca"
+    assert "ownerReferences" not in secret["metadata"]
+    assert secret["stringData"] == {"tls.crt": ca.cert, "tls.key": ca.key}
+
+
+def test_ingress_route_passes_tls_through_by_sni() -> None:
+    route = res.ingress_route(settings(), cluster())
+    assert route["apiVersion"] == "traefik.io/v1alpha1"
+    assert route["metadata"]["labels"]["facility.hep.io/edge"] == "af"
+    assert route["spec"] == {
+        "entryPoints": ["websecure"],
+        "routes": [
+            {
+                "match": "HostSNI(`alice-x1y2z.dask.af.example.org`)",
+                "services": [{"name": "alice-x1y2z-scheduler", "port": 8786}],
+            }
+        ],
+        "tls": {"passthrough": True},
+    }
+
+
+def test_service_selects_the_scheduler_pod() -> None:
+    body = cluster()
+    service = res.scheduler_service(settings(), body)
+    pod = res.scheduler_pod(settings(), body)
+    assert service["spec"]["type"] == "ClusterIP"
+    selector = service["spec"]["selector"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert ports == {"tls": 8786, "dashboard": 8787}
+    container_ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == container_ports
+
+
+@pytest.mark.parametrize("backend", ["htcondor", "slurm", "kubernetes"])
+def test_scheduler_pod_is_restricted(backend: str) -> None:
+    pod = res.scheduler_pod(settings(), cluster(backend))
+    spec = pod["spec"]
+    assert restricted_violations(spec) == []
+    assert spec["securityContext"]["runAsUser"] == 1000
+    container = spec["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # A token only where the scheduler makes worker pods itself.
+    assert spec["automountServiceAccountToken"] is (backend == "kubernetes")
+    assert ("serviceAccountName" in spec) is (backend == "kubernetes")
+    assert spec["restartPolicy"] == "Never"
+
+
+def test_scheduler_pod_environment_and_scale() -> None:
+    pod = res.scheduler_pod(settings(), cluster())
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["command"] == ["python", "-m", "facility_client.scheduler"]
+    assert container["image"] == "facility/worker:1.2.3"
+    assert env == {
+        "FACILITY_CLUSTER_ID": "alice-x1y2z",
+        "FACILITY_NAMESPACE": "facility",
+        "FACILITY_BACKEND": "htcondor",
+        "FACILITY_CONTACT_ADDRESS": "tls://alice-x1y2z.dask.af.example.org:443",
+        "FACILITY_TLS_DIR": "/etc/facility/tls",
+        "FACILITY_IDLE_TIMEOUT": "600",
+        "FACILITY_WORKER_CORES": "2",
+        "FACILITY_WORKER_MEMORY": "4Gi",
+        "FACILITY_WORKER_DISK": "8Gi",
+        "FACILITY_WORKER_IMAGE": "facility/worker:1.2.3",
+        "FACILITY_BACKEND_CONFIG": json.dumps(settings().backend_config("htcondor")),
+    }
+    assert pod["metadata"]["annotations"] == {
+        "facility.hep.io/min-workers": "1",
+        "facility.hep.io/max-workers": "5",
+    }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["tls"] == "/etc/facility/tls"
+    assert mounts["podinfo"] == "/etc/facility/podinfo"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "alice-x1y2z-tls"
+    assert volumes["podinfo"]["downwardAPI"]["items"] == [
+        {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+    ]
+
+
+def test_scheduler_pod_options() -> None:
+    s = settings(
+        imageRegistry="registry.example.org",
+        imagePullSecrets=["regcred"],
+        xcache={"enabled": True, "port": 1094},
+        operator={"backends": {"htcondor": {"tokenSecret": "condor-tokens"}}},
+    )
+    pod = res.scheduler_pod(
+        s, cluster(worker={"cores": 1, "memory": "2Gi", "disk": "4Gi", "image": "mine:1"})
+    )
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["image"] == env["FACILITY_WORKER_IMAGE"] == "mine:1"
+    assert env["FACILITY_XCACHE"] == "root://af-xcache.facility:1094"
+    assert env["_CONDOR_SEC_TOKEN_DIRECTORY"] == "/etc/facility/condor-tokens"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert {v["name"]: v for v in spec["volumes"]}["condor-tokens"]["secret"]["secretName"] == (
+        "condor-tokens"
+    )
+    assert s.worker_image == "registry.example.org/facility/worker:1.2.3"
+
+
+def test_backend_config_is_in_the_backends_spelling() -> None:
+    s = settings(
+        operator={"backends": {"kubernetes": {"edgeHost": "edge.svc", "nodeSelector": {"a": "b"}}}}
+    )
+    assert s.backend_config("kubernetes") == {
+        "edge_host": "edge.svc",
+        "node_selector": {"a": "b"},
+        "tolerations": [],
+        "death_timeout": 120,
+    }
+    # Empty strings are unset: the backends then use their own defaults.
+    assert "schedd" not in s.backend_config("htcondor")
+    assert s.backend_config("htcondor")["universe"] == "docker"
+
+
+def test_settings_from_the_chart_defaults() -> None:
+    s = settings()
+    assert s.ca_secret == "af-dask-ca"
+    assert s.hub_api_url == "http://af-hub.facility:8081/hub/api"
+    assert s.default_backend == "htcondor"
+    assert s.idle_timeout == 3600
+    assert s.api_port == 8000
+    assert s.quotas["default"] == VALUES["operator"]["quotas"]["default"]
+
+
+def pod_in(phase: str, **state: Any) -> client.V1Pod:
+    statuses = [client.V1ContainerStatus(
+        name="scheduler", image="i", image_id="", ready=False, restart_count=0,
+        state=client.V1ContainerState(**state),
+    )] if state else None  # fmt: skip
+    return client.V1Pod(status=client.V1PodStatus(phase=phase, container_statuses=statuses))
+
+
+def test_status_follows_the_scheduler_pod() -> None:
+    assert scheduler_status(None, None)["phase"] == "Pending"
+    assert scheduler_status(pod_in("Running"), 3) == {
+        "phase": "Running",
+        "message": "the scheduler runs",
+        "workers": 3,
+    }
+    assert "workers" not in scheduler_status(pod_in("Running"), None)
+    assert scheduler_status(pod_in("Succeeded"), None)["phase"] == "Ending"
+    waiting = client.V1ContainerStateWaiting(reason="ImagePullBackOff", message="no such image")
+    assert scheduler_status(pod_in("Pending", waiting=waiting), None) == {
+        "phase": "Pending",
+        "message": "ImagePullBackOff: no such image",
+    }
+    ended = client.V1ContainerStateTerminated(exit_code=1, reason="Error")
+    failed = scheduler_status(pod_in("Failed", terminated=ended), None)
+    assert failed == {"phase": "Failed", "message": "the scheduler failed: Error"}
+
+
+def test_workers_are_summed_over_their_states() -> None:
+    metrics = "\n".join(
+        [
+            "# HELP dask_scheduler_workers Number of workers known by scheduler",
+            "# TYPE dask_scheduler_workers gauge",
+            'dask_scheduler_workers{state="idle"} 2.0',
+            'dask_scheduler_workers{state="saturated"} 1.0',
+            'dask_scheduler_workers_total{state="x"} 9.0',
+            "dask_scheduler_clients 1.0",
+        ]
+    )
+    assert workers_from_metrics(metrics) == 3
+    assert workers_from_metrics("dask_scheduler_clients 1.0\n") is None
