@@ -12,6 +12,11 @@ and connects to the scheduler's public address by mutual TLS through the edge. `
 `adapt(minimum, maximum)` ask the API (the scheduler pod scales its batch backend), `close()`
 deletes the cluster. `FacilityCluster.from_name(id)` connects to an existing one.
 
+The user's bearer token (the file that WLCG discovery finds, which `facility-token` keeps fresh
+in the notebook) is shared with the cluster's pods, so that workers read XCache as the user: at
+start, again whenever the file changes (checked every TOKEN_CHECK_SECONDS), or by
+`share_token()`.
+
 It is also dask-labextension's cluster factory (images/analysis/dask-labextension.yaml).
 
 Where the public name `<cluster-id>.<dask-domain>` does not resolve (no wildcard DNS), pass
@@ -32,6 +37,7 @@ import aiohttp
 from distributed.core import Status, rpc
 from distributed.deploy import Cluster
 
+from facility_client import tokens
 from facility_client.security import ClusterSecurity, client_security
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 # take minutes.
 DEFAULT_TIMEOUT = 300
 POLL_SECONDS = 1.0
+TOKEN_CHECK_SECONDS = 60.0
 
 
 class FacilityError(RuntimeError):
@@ -106,6 +113,8 @@ class FacilityCluster(Cluster):
         self._session: aiohttp.ClientSession | None = None
         self._view: dict[str, Any] = {}
         self.security: ClusterSecurity | None = None
+        self._token_shared: int | None = None  # the shared token file's mtime
+        self._token_task: asyncio.Future[None] | None = None
         if not self.called_from_running_loop:
             self._loop_runner.start()
             self.sync(self._start)
@@ -188,14 +197,45 @@ class FacilityCluster(Cluster):
                 address, connection_args=self.security.get_connection_args("client")
             )
             await super()._start()
+            await self._share_token()
+            self._token_task = asyncio.ensure_future(self._keep_token_shared())
         except BaseException:
             await self._session.close()
             self.status = Status.failed
             raise
 
+    async def _share_token(self) -> None:
+        """PUT the bearer token file's content, if there is one and it changed since last time."""
+        path = tokens.token_file()
+        try:
+            stamp = path.stat().st_mtime_ns
+            if stamp == self._token_shared:
+                return
+            token = path.read_text().strip()
+        except OSError:
+            return  # no token here: the cluster's pods read without one
+        if token:
+            await self._api("PUT", f"/clusters/{self.name}/token", {"token": token})
+        self._token_shared = stamp
+
+    async def _keep_token_shared(self) -> None:
+        while True:
+            await asyncio.sleep(TOKEN_CHECK_SECONDS)
+            try:
+                await self._share_token()
+            except (FacilityError, aiohttp.ClientError) as error:
+                log.warning("could not share the refreshed token with %s: %s", self.name, error)
+
+    def share_token(self) -> Any:
+        """Share the current bearer token with the cluster's pods now."""
+        self._token_shared = None
+        return self.sync(self._share_token)
+
     async def _close(self) -> None:
         if self.status == Status.closed:
             return
+        if self._token_task is not None:
+            self._token_task.cancel()
         await super()._close()
         if self._session is not None:
             try:

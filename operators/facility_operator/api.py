@@ -179,6 +179,17 @@ async def delete_cluster(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def share_token(request: web.Request) -> web.Response:
+    """The user's bearer token for the cluster's pods (XCache reads with it): a Secret that the
+    scheduler pod and the Kubernetes backend's workers mount, owned by the cluster."""
+    user = await caller(request)
+    settings, clusters = request.app[SETTINGS], request.app[CLUSTERS]
+    token = validation.token_request(await body_of(request))
+    cluster = await clusters.one(user.name, request.match_info["id"])
+    await clusters.put_secret(resources.user_token_secret(settings, cluster, token))
+    return web.Response(status=204)
+
+
 async def credentials(request: web.Request) -> web.Response:
     """What the user's client needs for mutual TLS with the cluster (facility_client.security)."""
     user = await caller(request)
@@ -224,4 +235,5 @@ def make_app(settings: Settings, *, kube: client.ApiClient | None = None) -> web
         app.router.add_patch(f"{prefix}/clusters/{{id}}", scale_cluster)
         app.router.add_delete(f"{prefix}/clusters/{{id}}", delete_cluster)
         app.router.add_get(f"{prefix}/clusters/{{id}}/credentials", credentials)
+        app.router.add_put(f"{prefix}/clusters/{{id}}/token", share_token)
     return app

@@ -101,6 +101,20 @@ class Clusters:
             self.namespace, PLURAL, cluster_id, propagation_policy="Background",
         )  # fmt: skip
 
+    async def put_secret(self, manifest: dict[str, Any]) -> None:
+        """Create the Secret, or replace its data if it exists."""
+        name = manifest["metadata"]["name"]
+
+        def put() -> None:
+            try:
+                self.core.create_namespaced_secret(self.namespace, manifest)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                self.core.replace_namespaced_secret(name, self.namespace, manifest)
+
+        await self.call(f"Secret {name}", put)
+
     async def secret(self, name: str) -> dict[str, str]:
         """A Secret's data, decoded."""
         found = await self.call(

@@ -37,6 +37,11 @@ DASHBOARD_PORT = 8787
 TLS_DIR = "/etc/facility/tls"
 PODINFO_DIR = "/etc/facility/podinfo"
 CONDOR_TOKENS_DIR = "/etc/facility/condor-tokens"
+# The user's bearer token (WLCG/SciTokens, e.g. for XCache), shared by the user's client through
+# the API (PUT /clusters/<id>/token): the scheduler and the Kubernetes backend's workers read it
+# where the WLCG bearer-token discovery looks ($BEARER_TOKEN_FILE). Optional: absent until shared.
+USER_TOKEN_DIR = "/etc/facility/token"
+USER_TOKEN_KEY = "token"
 EDGE_ENTRYPOINT = "websecure"
 
 Body = Mapping[str, Any]
@@ -142,6 +147,21 @@ def tls_secret(settings: Settings, body: Body, identity: ClusterIdentity) -> dic
     }
 
 
+def token_secret_name(body: Body) -> str:
+    return f"{cluster_id(body)}-token"
+
+
+def user_token_secret(settings: Settings, body: Body, token: str) -> dict[str, Any]:
+    """The user's bearer token for the cluster's pods, owned by the cluster like the rest."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(settings, body, token_secret_name(body)),
+        "stringData": {USER_TOKEN_KEY: token},
+    }
+
+
 def scale_annotations(spec: Body) -> dict[str, str]:
     """The scheduler pod's desired scale, which it reads from its downward-API file."""
     return {ANNOTATION_MIN: str(spec["minWorkers"]), ANNOTATION_MAX: str(spec["maxWorkers"])}
@@ -162,6 +182,7 @@ def _environment(settings: Settings, body: Body, image: str) -> list[dict[str, s
         "FACILITY_WORKER_DISK": worker["disk"],
         "FACILITY_WORKER_IMAGE": image,
         "FACILITY_BACKEND_CONFIG": json.dumps(settings.backend_config(spec["backend"])),
+        "BEARER_TOKEN_FILE": f"{USER_TOKEN_DIR}/{USER_TOKEN_KEY}",
     }
     if settings.xcache:
         env["FACILITY_XCACHE"] = settings.xcache
@@ -189,11 +210,20 @@ def _volumes(settings: Settings, body: Body) -> tuple[list[dict[str, Any]], list
             "downwardAPI": {"items": [annotations]},
         },
         {"name": "tmp", "emptyDir": {}},
+        {
+            "name": "user-token",
+            "secret": {
+                "secretName": token_secret_name(body),
+                "defaultMode": secret_mode,
+                "optional": True,
+            },
+        },
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
         {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "user-token", "mountPath": USER_TOKEN_DIR, "readOnly": True},
     ]
     token_secret = _condor_token_secret(settings, body)
     if token_secret:

@@ -23,6 +23,7 @@ QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 CLUSTER_FIELDS = ("backend", "worker", "minWorkers", "maxWorkers", "idleTimeout")
 WORKER_FIELDS = ("cores", "memory", "disk", "image")
 SCALE_FIELDS = ("minWorkers", "maxWorkers")
+TOKEN_LENGTH = 16384  # far above any JWT; a Secret holds at most 1 MiB
 
 
 def refuse(field: str | None, message: str) -> ApiError:
@@ -102,3 +103,16 @@ def scale_request(body: Any) -> dict[str, int]:
     if not given:
         raise refuse(None, "send minWorkers, maxWorkers or both")
     return {name: integer(value, name, *WORKERS) for name, value in given.items()}
+
+
+def token_request(body: Any) -> str:
+    """The bearer token that a PUT .../token body shares with the cluster's pods."""
+    given = json_object(body, None, ("token",))
+    token = given.get("token")
+    if not isinstance(token, str) or not token.strip() or len(token) > TOKEN_LENGTH:
+        raise refuse(
+            "token", f"token must be a non-empty string of at most {TOKEN_LENGTH} characters"
+        )
+    if any(c.isspace() for c in token.strip()):
+        raise refuse("token", "token must be one bearer token (no spaces or line breaks inside)")
+    return token.strip()

@@ -132,6 +132,11 @@ def check_pod(pod: dict[str, Any], uid: str) -> None:
     }
     assert spec["volumes"][0]["secret"]["secretName"] == f"{CLUSTER_ID}-tls"
     assert {"name": "FACILITY_XCACHE", "value": "root://xcache:1094"} in container["env"]
+    # The user's token for XCache, once the user's client has shared it (an optional Secret).
+    assert spec["volumes"][1]["secret"]["secretName"] == f"{CLUSTER_ID}-token"
+    assert spec["volumes"][1]["secret"]["optional"] is True
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["BEARER_TOKEN_FILE"] == "/etc/facility/token/token"
 
     command = container["command"]
     assert command[command.index("facility_client.worker") + 1] == "tls://edge.facility.svc:443"

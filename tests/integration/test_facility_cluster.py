@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import facility_client.cluster as facility_cluster
 import pytest
 import yaml
 from aiohttp import web
@@ -115,6 +118,8 @@ class StandInAPI:
             return web.json_response(self.view(), status=201)
         if not path.startswith(f"/clusters/{CLUSTER_ID}") or not self.spec:
             return web.json_response({"error": "no such cluster", "field": None}, status=404)
+        if request.method == "PUT" and path.endswith("/token"):
+            return web.Response(status=204)
         if path.endswith("/credentials"):
             if self.identity is None:
                 return web.json_response({"error": "not made yet", "field": None}, status=409)
@@ -175,8 +180,17 @@ def cluster_jobs(slurm: SlurmCluster) -> list[tuple[str, str, str]]:
     return [row for row in slurm.squeue() if row[2] == f"facility:users/{CLUSTER_ID}"]
 
 
-def test_lifecycle(api: tuple[StandInAPI, str], slurm: SlurmCluster) -> None:
+def test_lifecycle(
+    api: tuple[StandInAPI, str],
+    slurm: SlurmCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     stand_in, url = api
+    bearer = tmp_path / "bt_u1000"  # the notebook's token file, kept fresh by facility-token
+    bearer.write_text("eyJ.first.sig\n")
+    monkeypatch.setenv("BEARER_TOKEN_FILE", str(bearer))
+    monkeypatch.setattr(facility_cluster, "TOKEN_CHECK_SECONDS", 0.2)
     options = {"edge_host": "127.0.0.1", "api_url": url, "api_token": TOKEN, "timeout": 60}
     with FacilityCluster(cores=1, memory="256 MiB", **options) as cluster:
         assert stand_in.requests[0] == (
@@ -186,6 +200,20 @@ def test_lifecycle(api: tuple[StandInAPI, str], slurm: SlurmCluster) -> None:
         )
         assert cluster.name == CLUSTER_ID
         assert cluster.dashboard_link == DASHBOARD
+
+        # The bearer token reaches the cluster's pods at start, and again when it is refreshed.
+        put = ("PUT", f"/clusters/{CLUSTER_ID}/token")
+        shared = [r[2] for r in stand_in.requests if r[:2] == put]
+        assert shared == [{"token": "eyJ.first.sig"}]
+        bearer.write_text("eyJ.second.sig\n")
+        os.utime(bearer, ns=(time.time_ns(), time.time_ns() + 10**9))
+        wait_for(
+            lambda: (
+                [r[2] for r in stand_in.requests if r[:2] == put][-1] == {"token": "eyJ.second.sig"}
+            ),
+            "the refreshed token shared",
+            30,
+        )
 
         cluster.scale(2)
         assert stand_in.spec["minWorkers"] == stand_in.spec["maxWorkers"] == 2

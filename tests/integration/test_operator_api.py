@@ -9,6 +9,7 @@ runs it); the cluster's TLS Secret, which the operator would make, is made by th
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import re
@@ -259,6 +260,20 @@ def test_alice_runs_her_cluster_and_bob_cannot_see_it(
         "ca": "FACILITY CA", "tls_cert": "LEAF", "tls_key": "KEY",
         "address": f"tls://{cid}.dask.af.test:443",
     }  # fmt: skip
+
+    # The user's bearer token for the cluster's pods: a Secret owned by the cluster, replaced
+    # when shared again; nobody else's to set; one token, named field otherwise.
+    for token in ("eyJ.first.sig", "eyJ.second.sig"):
+        assert alice("PUT", f"/clusters/{cid}/token", {"token": token}).status_code == 204
+        shared = get("secret", f"{cid}-token", namespace)
+        assert shared is not None
+        assert base64.b64decode(shared["data"]["token"]).decode() == token
+    (owner,) = shared["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"]) == ("DaskCluster", cid)
+    assert refused(bob("PUT", f"/clusters/{cid}/token", {"token": "x"}), 404) == f"no cluster {cid}"
+    answer = alice("PUT", f"/clusters/{cid}/token", {"token": "two\nlines"})
+    assert answer.status_code == 400
+    assert answer.json()["field"] == "token"
 
     assert alice("DELETE", f"/clusters/{cid}").status_code == 204
     wait_for(lambda: get("daskcluster", cid, namespace) is None, "the DaskCluster to go")

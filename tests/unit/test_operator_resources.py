@@ -188,6 +188,7 @@ def test_scheduler_pod_environment_and_scale() -> None:
         "FACILITY_WORKER_DISK": "8Gi",
         "FACILITY_WORKER_IMAGE": "facility/worker:1.2.3",
         "FACILITY_BACKEND_CONFIG": json.dumps(settings().backend_config("htcondor")),
+        "BEARER_TOKEN_FILE": "/etc/facility/token/token",
     }
     assert pod["metadata"]["annotations"] == {
         "facility.hep.io/min-workers": "1",
@@ -198,6 +199,11 @@ def test_scheduler_pod_environment_and_scale() -> None:
     assert mounts["podinfo"] == "/etc/facility/podinfo"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "alice-x1y2z-tls"
+    # The user's token, once shared through the API: optional, so the pod starts without it.
+    assert mounts["user-token"] == "/etc/facility/token"
+    assert volumes["user-token"]["secret"] == {
+        "secretName": "alice-x1y2z-token", "defaultMode": 0o440, "optional": True,
+    }  # fmt: skip
     assert volumes["podinfo"]["downwardAPI"]["items"] == [
         {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
     ]

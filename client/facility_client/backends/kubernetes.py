@@ -39,6 +39,8 @@ WORKER_SELECTOR = (
     "app.kubernetes.io/component=dask-worker,app.kubernetes.io/managed-by=facility-operator"
 )
 TLS_MOUNT = "/etc/facility/tls"
+# The user's bearer token, when the user's client has shared it (operators/README.md).
+TOKEN_MOUNT = "/etc/facility/token"
 
 
 def _api() -> Any:
@@ -107,20 +109,37 @@ def worker_pod(
                     "name": "worker",
                     "image": spec.image,
                     "command": command,
-                    "env": [{"name": k, "value": v} for k, v in spec.job_environment().items()],
+                    "env": [
+                        {"name": k, "value": v}
+                        for k, v in {
+                            **spec.job_environment(),
+                            "BEARER_TOKEN_FILE": f"{TOKEN_MOUNT}/token",
+                        }.items()
+                    ],
                     "resources": {"requests": resources, "limits": resources},
                     "securityContext": {
                         "allowPrivilegeEscalation": False,
                         "capabilities": {"drop": ["ALL"]},
                     },
-                    "volumeMounts": [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}],
+                    "volumeMounts": [
+                        {"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True},
+                        {"name": "user-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+                    ],
                 }
             ],
             "volumes": [
                 {
                     "name": "tls",
                     "secret": {"secretName": f"{spec.cluster_id}-tls", "defaultMode": 0o440},
-                }
+                },
+                {
+                    "name": "user-token",
+                    "secret": {
+                        "secretName": f"{spec.cluster_id}-token",
+                        "defaultMode": 0o440,
+                        "optional": True,
+                    },
+                },
             ],
         },
     }
