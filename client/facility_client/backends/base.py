@@ -179,6 +179,32 @@ class Backend(ABC):
     def death_timeout(self) -> int:
         return int(self.config.get("death_timeout", DEFAULT_DEATH_TIMEOUT))
 
+    def jobqueue_options(
+        self,
+        spec: ClusterSpec,
+        security: ClusterSecurity,
+        scheduler_options: Mapping[str, Any],
+        connection: WorkerConnection,
+    ) -> dict[str, Any]:
+        """What every dask-jobqueue cluster of the facility is made with: one worker process per
+        job with the cluster's cores and memory, the scheduler on loopback in the pod."""
+        return {
+            "connection": connection,
+            "asynchronous": True,
+            # Shared with the user's FacilityCluster through the scheduler's metadata.
+            "name": spec.cluster_id,
+            "security": security,
+            "scheduler_cls": LoopbackScheduler,
+            "scheduler_options": dict(scheduler_options),
+            "cores": spec.cores,
+            "processes": 1,
+            "memory": spec.memory_bytes,
+            "death_timeout": self.death_timeout,
+            "python": self.python,
+            "interface": self.config.get("interface"),
+            "job_name": f"dask-{spec.cluster_id}",
+        }
+
     @abstractmethod
     def make_cluster(
         self,

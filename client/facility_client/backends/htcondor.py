@@ -35,7 +35,6 @@ from facility_client.backends.base import (
     Backend,
     ClusterSpec,
     FacilityJobMixin,
-    LoopbackScheduler,
     WorkerConnection,
 )
 from facility_client.security import ClusterSecurity
@@ -109,21 +108,8 @@ class HTCondorBackend(Backend):
         connection = WorkerConnection.for_spec(spec, self.config, ".")
         return HTCondorCluster(
             job_cls=FacilityHTCondorJob,
-            connection=connection,
-            asynchronous=True,
-            # Shared with the user's FacilityCluster through the scheduler's metadata.
-            name=spec.cluster_id,
-            security=security,
-            scheduler_cls=LoopbackScheduler,
-            scheduler_options=dict(scheduler_options),
-            cores=spec.cores,
-            processes=1,
-            memory=spec.memory_bytes,
+            **self.jobqueue_options(spec, security, scheduler_options, connection),
             disk=spec.disk_bytes,
-            death_timeout=self.death_timeout,
-            python=self.python,
-            interface=self.config.get("interface"),
-            job_name=f"dask-{spec.cluster_id}",
             job_extra_directives=self.submit_directives(spec),
             submit_command_extra=self._tool_arguments(),
             cancel_command_extra=self._tool_arguments(),

@@ -29,7 +29,6 @@ from facility_client.backends.base import (
     Backend,
     ClusterSpec,
     FacilityJobMixin,
-    LoopbackScheduler,
     WorkerConnection,
 )
 from facility_client.security import ClusterSecurity
@@ -82,20 +81,7 @@ class SLURMBackend(Backend):
         walltime = self.config.get("walltime")
         return SLURMCluster(
             job_cls=FacilitySLURMJob,
-            connection=connection,
-            asynchronous=True,
-            # Shared with the user's FacilityCluster through the scheduler's metadata.
-            name=spec.cluster_id,
-            security=security,
-            scheduler_cls=LoopbackScheduler,
-            scheduler_options=dict(scheduler_options),
-            cores=spec.cores,
-            processes=1,
-            memory=spec.memory_bytes,
-            death_timeout=self.death_timeout,
-            python=self.python,
-            interface=self.config.get("interface"),
-            job_name=f"dask-{spec.cluster_id}",
+            **self.jobqueue_options(spec, security, scheduler_options, connection),
             queue=self.config.get("partition"),
             account=self.config.get("account"),
             walltime=walltime,
