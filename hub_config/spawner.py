@@ -16,6 +16,9 @@ from hub_config.facility import ConfigError, Facility
 from hub_config.services import operator_url
 
 HOME = "/home/jovyan"
+# The CA of XCache's TLS certificate (ca.crt of xcache.tls.secretName), for the XRootD client:
+# a plain PEM file works as X509_CERT_FILE, where X509_CERT_DIR would need a hashed folder.
+XCACHE_CA_DIR = "/etc/facility/xcache-ca"
 UID = 1000
 GID = 100  # the "users" group of Jupyter images, which also owns the home volume
 
@@ -94,6 +97,8 @@ def environment(facility: Facility) -> dict[str, str]:
     cache = {}
     if xcache["enabled"]:
         cache["FACILITY_XCACHE"] = f"root://{names['xcache']}.{facility.namespace}:{xcache['port']}"
+        if xcache["tls"]["secretName"]:
+            cache["X509_CERT_FILE"] = f"{XCACHE_CA_DIR}/ca.crt"
     return {
         "FACILITY_OPERATOR_URL": operator_url(facility),
         "FACILITY_DASK_DOMAIN": edge["dask"]["domain"],
@@ -105,12 +110,31 @@ def environment(facility: Facility) -> dict[str, str]:
     }
 
 
+def xcache_ca(facility: Facility) -> dict[str, Any]:
+    """The XCache CA as a volume and mount of the user's server (only ca.crt of the TLS Secret:
+    the key stays out), where X509_CERT_FILE points; nothing when XCache has no TLS."""
+    xcache = facility.values["xcache"]
+    if not (xcache["enabled"] and xcache["tls"]["secretName"]):
+        return {}
+    secret = {
+        "secretName": xcache["tls"]["secretName"],
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    mount = {"name": "xcache-ca", "mountPath": XCACHE_CA_DIR, "readOnly": True}
+    return {"volumes": {"xcache-ca": {"name": "xcache-ca", "secret": secret}},
+            "volume_mounts": {"xcache-ca": mount}}  # fmt: skip
+
+
 def spawner(facility: Facility) -> dict[str, Any]:
     single = facility.values["singleuser"]
     traits: dict[str, Any] = {
         "namespace": facility.namespace,
         "image": image_ref(facility, single["image"]),
         "image_pull_policy": single["image"]["pullPolicy"],
+        # The server as JupyterHub's single-user server (its base URL, the hub's login, the
+        # default URL); KubeSpawner's default, the image's CMD, would run a plain JupyterLab
+        # that knows nothing of the hub (404 at /user/<name>/).
+        "cmd": ["jupyterhub-singleuser"],
         "image_pull_secrets": facility.values["imagePullSecrets"],
         "default_url": single["defaultUrl"],
         "start_timeout": single["startTimeout"],
@@ -144,6 +168,8 @@ def spawner(facility: Facility) -> dict[str, Any]:
         },
         "extra_labels": {"app.kubernetes.io/component": COMPONENT},
     }
+    for trait, entries in xcache_ca(facility).items():
+        traits[trait].update(entries)
     traits.update(resources("singleuser", single["cpu"], "cpu"))
     traits.update(resources("singleuser", single["memory"], "memory"))
     if single["profiles"]:

@@ -214,7 +214,10 @@ def test_a_notebook_reads_with_what_its_pod_gets(lab: AuthLab, tmp_path: Path) -
     # cache's address; the user's token is in the discovery file, as facility-token writes it.
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(lab.values))
-    address = environment(handed_over(values))["FACILITY_XCACHE"]
+    pod_env = environment(handed_over(values))
+    address = pod_env["FACILITY_XCACHE"]
+    # The cache's CA: ca.crt of xcache.tls.secretName, which the server's pod mounts there.
+    assert pod_env["X509_CERT_FILE"] == "/etc/facility/xcache-ca/ca.crt"
     assert address == f"root://{SERVICE}:{lab.cache.port}"
     token = lab.issuer.token("storage.read:/")
     path = "/store/mc/ttbar/nano.root"
@@ -224,7 +227,8 @@ def test_a_notebook_reads_with_what_its_pod_gets(lab: AuthLab, tmp_path: Path) -
     env = client_env(
         lab.base / "home",
         XDG_RUNTIME_DIR=str(runtime),
-        X509_CERT_DIR=str(lab.ca_dir),
+        # The same CA file, here where the test keeps it: a plain PEM, no hashed folder.
+        X509_CERT_FILE=str(lab.ca_dir / "facility-test-ca.pem"),
         FACILITY_XCACHE=address,
     )
     (result,), done = read(lab.sandbox, "uproot", [f"{address}/{path}"], env)

@@ -200,6 +200,17 @@ def test_user_pods(kubeconfig: None) -> None:
     assert cached.KubeSpawner.environment["FACILITY_XCACHE"] == (
         "root://af-facility-xcache.facility:11094"
     )
+    assert "X509_CERT_FILE" not in cached.KubeSpawner.environment  # no TLS: no CA to trust
+    assert set(cached.KubeSpawner.volumes) == {"home"}
+    # XCache over TLS: its CA (ca.crt alone, not the key) is where the XRootD client looks.
+    over_tls = build({"devMode": True, "xcache": {**xcache, "tls": {"secretName": "xc-tls"}}})
+    served = over_tls.KubeSpawner
+    assert served.environment["X509_CERT_FILE"] == "/etc/facility/xcache-ca/ca.crt"
+    assert served.volumes["xcache-ca"]["secret"] == {
+        "secretName": "xc-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }  # fmt: skip
+    assert served.volume_mounts["xcache-ca"]["mountPath"] == "/etc/facility/xcache-ca"
+    assert set(served.volumes) == {"home", "xcache-ca"}
     tokens = "http://af-facility-proxy-http.facility:8000/services/tokens/"
     assert pod.environment["FACILITY_TOKENS_URL"] == tokens
 
