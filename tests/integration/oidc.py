@@ -328,8 +328,11 @@ def browser_login(
     *,
     screenshot: Path,
     timeout: float = 30,
+    ignore_https_errors: bool = False,
 ) -> dict[str, Any]:
     """Log in in headless Chromium (node/browser-login.mjs); returns its JSON result.
+
+    ignore_https_errors: accept a self-signed certificate (the edge's own, in tests/e2e).
 
     The result has ok, final_url, title, status, screenshot, login_page_seen, and error when
     ok is false. Fails the test if Chromium is missing or the script itself crashed.
@@ -347,6 +350,7 @@ def browser_login(
             f"--screenshot={screenshot}",
             f"--timeout={int(timeout * 1000)}",
             f"--chromium={CHROMIUM}",
+            *(["--ignore-https-errors"] if ignore_https_errors else []),
         ],
         capture_output=True,
         text=True,

@@ -184,6 +184,8 @@ def test_user_pods(kubeconfig: None) -> None:
     pod = spawner(c)
     assert pod.namespace == "facility"
     assert pod.image == "facility/analysis:0.1.0"
+    # JupyterHub's single-user server, not the image's CMD (a JupyterLab outside the hub).
+    assert pod.cmd == ["jupyterhub-singleuser"]
     assert (pod.uid, pod.fs_gid) == (1000, 100)
     assert pod.automount_service_account_token is False
     assert pod.allow_privilege_escalation is False

@@ -3,6 +3,7 @@
 //   node browser-login.mjs --start-url URL --username ID --expect SUBSTRING
 //     [--screenshot FILE (default: a file in the temporary profile directory)]
 //     [--timeout MS (default 30000)] [--chromium PATH (CHROMIUM, default /usr/bin/chromium)]
+//     [--ignore-https-errors: accept a self-signed certificate, e.g. the edge's own]
 //
 // Opens start-url (e.g. http://127.0.0.1:PORT/hub/oauth_login), which leads to the provider's
 // login page; types the username into the `username` field and presses "Sign in"; then waits
@@ -28,6 +29,7 @@ const { values: opts } = parseArgs({
     screenshot: { type: 'string' },
     timeout: { type: 'string', default: '30000' },
     chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
+    'ignore-https-errors': { type: 'boolean', default: false },
   },
 });
 if (!opts['start-url'] || !opts.username || !opts.expect) {
@@ -53,6 +55,7 @@ try {
     headless: true,
     args: CHROMIUM_ARGS,
     timeout,
+    ignoreHTTPSErrors: opts['ignore-https-errors'],
   });
   context.setDefaultTimeout(timeout);
   const page = context.pages()[0] ?? await context.newPage();

@@ -1,0 +1,435 @@
+"""The facility end to end, as `make up` brings it up: a real-node cluster of its own (this
+machine is the node: kubelet, containerd; own state dir and ports), the images from ci/images
+loaded into it, the local OpenID provider, and the chart installed by ci/up with its
+development values (ci/up.d/values.yaml) into a namespace that enforces Pod Security
+"restricted". A person's path through it: log in through the edge in a browser, get a
+JupyterLab, keep a file in the home directory across server restarts and a `helm upgrade`;
+then `helm uninstall` removes what the chart made.
+
+Every test here runs in the real-node mode (FACILITY_NODES=real) and says so; there is no kwok
+fallback for these (no container runs on kwok nodes). Only one real-node cluster can run on a
+machine (the cni0 bridge): the module fails at once if another one runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import ROOT, TOOLS, wait_for
+from tests.integration.oidc import browser_login
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.cluster,
+    # The module's cluster comes up in the first test's setup: with the images to build from
+    # nothing (8 min or more) that is longer than the project's 900 s per test.
+    pytest.mark.timeout(3600),
+    # The edge's certificate is its own, self-signed.
+    pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
+]
+
+PORT_BASE = 19600
+NAMESPACE = "e2e"
+RELEASE = "e2e"
+FULLNAME = "e2e-facility"
+USER = "alice"
+CHART_COMPONENTS = {"hub", "proxy", "edge", "operator"}
+# What may stay in the namespace after `helm uninstall`: the data the chart keeps on purpose
+# (the hub database), what others made (KubeSpawner's home volumes, the operator's Dask CA,
+# which the chart's notes say is kept), and what Kubernetes makes in every namespace.
+KEPT_AFTER_UNINSTALL = {
+    ("persistentvolumeclaims", f"{FULLNAME}-hub-db"),
+    ("persistentvolumeclaims", f"home-{USER}"),
+    ("secrets", f"{FULLNAME}-dask-ca"),
+    ("configmaps", "kube-root-ca.crt"),
+    ("serviceaccounts", "default"),
+}
+
+
+@dataclass
+class Facility:
+    env: dict[str, str]
+    state: Path
+    work: Path
+    node_ip: str
+    token: str  # an admin service's API token (tests/e2e's own values)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.node_ip}:30443"
+
+    def kubectl(self, *args: str, check: bool = True, **kwargs: Any) -> str:
+        done = subprocess.run(
+            [str(TOOLS / "kubectl"), f"--kubeconfig={self.state / 'kubeconfig'}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,
+        )
+        if check and done.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+        return done.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json"))
+
+    def helm(self, *args: str, timeout: float = 900) -> str:
+        done = subprocess.run(
+            [
+                str(TOOLS / "helm"),
+                f"--kubeconfig={self.state / 'kubeconfig'}",
+                "--namespace",
+                NAMESPACE,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"helm {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+        return done.stdout
+
+    def up(self, *more_values: Path) -> float:
+        """Runs ci/up (`make up`) for this cluster; returns how long it took."""
+        env = {**self.env, "FACILITY_VALUES": " ".join(str(p) for p in [self.values, *more_values])}
+        log = self.work / f"up-{len(self.durations)}.log"
+        began = time.monotonic()
+        with log.open("w") as out:
+            done = subprocess.run(
+                [str(ROOT / "ci" / "up")],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=3600,
+            )
+        took = time.monotonic() - began
+        if done.returncode != 0:
+            pytest.fail(
+                f"ci/up exited {done.returncode} after {took:.0f}s; its last lines "
+                f"({log}):\n" + "\n".join(log.read_text().splitlines()[-40:])
+            )
+        return took
+
+    @property
+    def values(self) -> Path:
+        return self.work / "e2e-values.yaml"
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A request through the edge with the admin service's token."""
+        headers = {"Authorization": f"token {self.token}"}
+        return requests.request(
+            method,
+            f"{self.url}{path}",
+            headers=headers,
+            verify=False,
+            timeout=30,
+            allow_redirects=False,
+            **kwargs,
+        )
+
+
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """A line in pytest's own output, past its capture (durations, which the README quotes)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n[e2e] {line}")
+
+
+@pytest.fixture(scope="module")
+def facility(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Facility]:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    if " cni0:" in links:
+        pytest.fail(
+            "another real-node cluster runs on this machine (the cni0 bridge exists): "
+            "only one can; stop it (FACILITY_CLUSTER_DIR=... ci/cluster down)"
+        )
+    work = tmp_path_factory.mktemp("e2e")
+    state = work / "cluster"
+    env = {
+        **os.environ,
+        "FACILITY_CLUSTER_DIR": str(state),
+        "FACILITY_CLUSTER_PORT_BASE": str(PORT_BASE),
+        "FACILITY_NODES": "real",
+        "FACILITY_NAMESPACE": NAMESPACE,
+        "FACILITY_RELEASE": RELEASE,
+    }
+    token = secrets.token_hex(32)
+    # An admin service of the hub, so that the tests can stop and start servers and reach the
+    # users' servers through the hub's API (JupyterHub's own way for scripts).
+    (work / "e2e-values.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hub": {
+                    "config": {
+                        "JupyterHub": {
+                            "services": [{"name": "e2e", "api_token": token}],
+                            "load_roles": [
+                                {
+                                    "name": "e2e",
+                                    "services": ["e2e"],
+                                    "scopes": ["admin:users", "admin:servers", "access:servers"],
+                                }
+                            ],
+                        }
+                    }
+                }
+            }
+        )
+    )
+    site = Facility(env, state, work, node_ip="", token=token)
+    began = time.monotonic()
+    try:
+        took = site.durations["make up (no cluster yet)"] = site.up()
+        report(request, f"ci/up with no cluster yet (images built or cached): {took:.0f}s")
+        cluster_env = (state / "cluster.env").read_text()
+        site.node_ip = next(
+            line.split("=", 1)[1]
+            for line in cluster_env.splitlines()
+            if line.startswith("advertise_ip=")
+        )
+        assert "mode=real" in cluster_env.splitlines()
+        yield site
+    finally:
+        down = subprocess.run(
+            [str(ROOT / "ci" / "cluster"), "down"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        report(request, f"tests/e2e, ci/up to ci/cluster down: {time.monotonic() - began:.0f}s")
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        if down.returncode != 0 or " cni0:" in links:
+            pytest.fail(f"ci/cluster down left the real node behind:\n{down.stdout}{down.stderr}")
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = pod["status"].get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def chart_pods(site: Facility) -> list[dict[str, Any]]:
+    pods = site.json("get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}")
+    return [
+        p
+        for p in pods["items"]
+        if p["metadata"]["labels"].get("app.kubernetes.io/managed-by") == "Helm"
+    ]
+
+
+def every_chart_pod_ready(site: Facility) -> list[dict[str, Any]] | None:
+    pods = chart_pods(site)
+    components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
+    if components >= CHART_COMPONENTS and all(pod_ready(p) for p in pods):
+        return pods
+    return None
+
+
+def server(site: Facility) -> dict[str, Any] | None:
+    """The user's default server as the hub reports it (None: none)."""
+    response = site.api("GET", f"/hub/api/users/{USER}")
+    if response.status_code != 200:
+        return None
+    return response.json().get("servers", {}).get("")
+
+
+def start_server(site: Facility) -> None:
+    response = site.api("POST", f"/hub/api/users/{USER}/server")
+    assert response.status_code in {201, 202}, response.text
+    wait_for(lambda: (server(site) or {}).get("ready"), f"{USER}'s server to be ready", 300)
+
+
+def stop_server(site: Facility) -> None:
+    response = site.api("DELETE", f"/hub/api/users/{USER}/server")
+    assert response.status_code in {202, 204}, response.text
+    wait_for(lambda: server(site) is None, f"{USER}'s server to stop", 180)
+    wait_for(
+        lambda: (
+            not site.kubectl(
+                "get", "pod", f"jupyter-{USER}", "-n", NAMESPACE, "--ignore-not-found", "-o", "name"
+            )
+        ),
+        f"{USER}'s pod to go",
+        120,
+    )
+
+
+def hub_answers(site: Facility) -> bool:
+    try:
+        return site.api("GET", "/hub/api/").status_code == 200
+    except requests.RequestException:
+        return False
+
+
+NOTE = "home/e2e-note.txt"
+
+
+def test_every_chart_pod_becomes_ready_in_the_restricted_namespace(facility: Facility) -> None:
+    """Mode: real node. Every pod of the chart runs its image from ci/images and is Ready, in a
+    namespace that enforces Pod Security "restricted"."""
+    namespace = facility.json("get", "namespace", NAMESPACE)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    node = facility.json("get", "node", "facility-node-0")
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    pods = wait_for(lambda: every_chart_pod_ready(facility), "every chart pod to be Ready", 300)
+    for pod in pods:  # type: ignore[attr-defined]
+        images = {c["image"] for c in pod["spec"]["containers"]}
+        assert all(image.startswith("localhost/facility/") for image in images), images
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        # Running for real: a container started (kwok would report no containerID).
+        assert all(
+            s["containerID"].startswith("containerd://") and s["ready"]
+            for s in pod["status"]["containerStatuses"]
+        )
+
+
+def test_a_user_logs_in_through_the_edge_and_gets_jupyterlab(
+    facility: Facility, tmp_path: Path
+) -> None:
+    """Mode: real node. In headless Chromium, through the edge (Traefik's node port, HTTPS with
+    its self-signed certificate): the hub sends alice to the OpenID provider, she logs in, her
+    server starts as a pod of the analysis image, and the JupyterLab page loads."""
+    screenshot = tmp_path / "lab.png"
+    result = browser_login(
+        f"{facility.url}/hub/oauth_login",
+        USER,
+        f"/user/{USER}/lab",
+        screenshot=screenshot,
+        timeout=300,
+        ignore_https_errors=True,
+    )
+    assert result["ok"], result
+    assert result["login_page_seen"], result
+    assert result["final_url"].startswith(f"{facility.url}/user/{USER}/lab"), result
+    assert "JupyterLab" in (result["title"] or ""), result
+    assert result["status"] == 200, result
+
+    pod = facility.json("get", "pod", f"jupyter-{USER}", "-n", NAMESPACE)
+    assert pod_ready(pod)
+    assert pod["spec"]["containers"][0]["image"] == "localhost/facility/analysis:0.1.0"
+    # Through the edge, with a token: the server is JupyterLab's (its page config and API).
+    lab = facility.api("GET", f"/user/{USER}/lab")
+    assert lab.status_code == 200, lab.text[:500]
+    assert "jupyter-config-data" in lab.text, lab.text[:500]
+    assert "JupyterLab" in lab.text
+    status = facility.api("GET", f"/user/{USER}/api/status")
+    assert status.status_code == 200, status.text
+
+
+def hub_pod_uid(facility: Facility) -> str:
+    pods = facility.json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=hub")
+    return pods["items"][0]["metadata"]["uid"]
+
+
+def read_note(facility: Facility) -> str | None:
+    response = facility.api(
+        "GET",
+        f"/user/{USER}/api/contents/{NOTE.split('/')[1]}",
+        params={"content": 1, "type": "file", "format": "text"},
+    )
+    return response.json()["content"] if response.status_code == 200 else None
+
+
+def test_a_file_in_the_home_survives_restarts_and_an_upgrade(
+    facility: Facility, request: pytest.FixtureRequest
+) -> None:
+    """Mode: real node. A file written through the Jupyter contents API (the user's home is a
+    PersistentVolumeClaim of KubeSpawner on local-path) is there after the server stops and
+    starts (hub API), and after `helm upgrade` (a second ci/up run, with a changed value that
+    restarts the hub) and one more restart."""
+    if server(facility) is None or not (server(facility) or {}).get("ready"):
+        start_server(facility)
+    text = f"written at {time.time()}\n"
+    written = facility.api(
+        "PUT",
+        f"/user/{USER}/api/contents/{NOTE.split('/')[1]}",
+        json={"type": "file", "format": "text", "content": text},
+    )
+    assert written.status_code in {200, 201}, written.text
+
+    stop_server(facility)
+    start_server(facility)
+    assert wait_for(lambda: read_note(facility), "the note after a restart", 60) == text
+
+    hub_before = hub_pod_uid(facility)
+    upgrade = facility.work / "upgrade.yaml"
+    upgrade.write_text(yaml.safe_dump({"hub": {"podAnnotations": {"e2e/upgraded": "yes"}}}))
+    took = facility.up(upgrade)
+    facility.durations["make up (running)"] = took
+    report(request, f"ci/up again (helm upgrade of a running facility): {took:.0f}s")
+    revision = json.loads(facility.helm("status", RELEASE, "-o", "json"))["version"]
+    assert revision >= 2
+    hub_after = hub_pod_uid(facility)
+    assert hub_after != hub_before, "the upgrade did not restart the hub"
+    wait_for(lambda: hub_answers(facility), "the upgraded hub to answer", 120)
+
+    stop_server(facility)
+    start_server(facility)
+    assert wait_for(lambda: read_note(facility), "the note after the upgrade", 60) == text
+
+
+def manifest_objects(manifest: str) -> set[tuple[str, str]]:
+    return {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(manifest) if doc}
+
+
+def namespace_objects(facility: Facility) -> set[tuple[str, str]]:
+    """Every object left in the namespace, as (resource, name)."""
+    kinds = facility.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").split()
+    kinds = [k for k in kinds if k not in {"events", "events.events.k8s.io"}]
+    listed = facility.json("get", ",".join(kinds), "-n", NAMESPACE)
+    out = set()
+    for item in listed["items"]:
+        plural = facility_plural(item["kind"])
+        out.add((plural, item["metadata"]["name"]))
+    return out
+
+
+def facility_plural(kind: str) -> str:
+    return {"EndpointSlice": "endpointslices", "Endpoints": "endpoints"}.get(
+        kind, kind.lower() + ("es" if kind.endswith("s") else "s")
+    )
+
+
+def test_uninstall_removes_everything_but_the_listed_data(facility: Facility) -> None:
+    """Mode: real node. `helm uninstall` removes every object the chart made, and what the hub
+    made at run time owned by them (its secret), except the hub database's claim; what stays is
+    exactly KEPT_AFTER_UNINSTALL (KubeSpawner's home volume and the operator's Dask CA are not
+    the chart's)."""
+    # The user's pod is KubeSpawner's, not the chart's: the hub stops it, while it still runs.
+    if server(facility) is not None:
+        stop_server(facility)
+    made = manifest_objects(facility.helm("get", "manifest", RELEASE))
+    assert ("PersistentVolumeClaim", f"{FULLNAME}-hub-db") in made
+    facility.helm("uninstall", RELEASE, "--wait", "--timeout", "5m")
+
+    def leftovers() -> set[tuple[str, str]] | None:
+        now = namespace_objects(facility)
+        return None if now - KEPT_AFTER_UNINSTALL else now
+
+    last: set[tuple[str, str]] = set()
+    try:
+        left = wait_for(leftovers, "only the listed objects to stay in the namespace", 180)
+    except pytest.fail.Exception:
+        last = namespace_objects(facility)
+        pytest.fail(f"left in {NAMESPACE} after uninstall: {sorted(last - KEPT_AFTER_UNINSTALL)}")
+    assert ("persistentvolumeclaims", f"{FULLNAME}-hub-db") in left  # type: ignore[operator]
+    # The chart's cluster-scoped objects (if any) are gone too.
+    for kind, name in made:
+        if kind in {"ClusterRole", "ClusterRoleBinding", "IngressClass"}:
+            assert not facility.kubectl("get", kind, name, "--ignore-not-found", "-o", "name")
