@@ -339,6 +339,37 @@ def test_scale_patches_the_scheduler_pods_annotations(operator: Operator, namesp
     wait_for(scaled, "the scheduler pod's annotations at min 3, max 7")
 
 
+def scale_annotations(namespace: str) -> tuple[str | None, str | None]:
+    pod = get(namespace, "pod", f"{CLUSTER}-scheduler") or {"metadata": {}}
+    annotations = pod["metadata"].get("annotations", {})
+    return annotations.get("facility.hep.io/min-workers"), annotations.get(
+        "facility.hep.io/max-workers"
+    )
+
+
+def test_operator_killed_in_a_scale_up_applies_it_after_restart(
+    operator: Operator, namespace: str
+) -> None:
+    """A scale-up asked while the operator is down (SIGKILL, then the patch) reaches the
+    scheduler when the operator comes back: the restart resumes from the spec, not from events
+    it missed, and makes no second scheduler."""
+    dask_cluster(namespace)
+    wait_for(all_objects(namespace), "the cluster's four objects")
+    scheduler_uid = get(namespace, "pod", f"{CLUSTER}-scheduler")["metadata"]["uid"]  # type: ignore[index]
+    operator.kill()
+    kubectl(
+        "patch", DASK_CLUSTERS, CLUSTER, "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"minWorkers": 4, "maxWorkers": 4}}),
+    )  # fmt: skip
+    assert scale_annotations(namespace) != ("4", "4")
+    operator.start()
+    wait_for(lambda: scale_annotations(namespace) == ("4", "4"), "the scale-up after the restart")
+    assert names(namespace, "pod") == [f"{CLUSTER}-scheduler"]
+    pod = get(namespace, "pod", f"{CLUSTER}-scheduler")
+    assert pod is not None
+    assert pod["metadata"]["uid"] == scheduler_uid
+
+
 def test_delete_removes_worker_pods_then_everything_goes(
     operator: Operator, namespace: str
 ) -> None:
