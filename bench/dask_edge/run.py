@@ -238,6 +238,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def measure_slurm(report: dict[str, Any], repeats: int) -> None:
+    say(f"SLURM backend: scale(1) to the first worker, {repeats} times")
+    with tempfile.TemporaryDirectory(prefix="bench-dask-slurm-") as tmp:
+        report.update(slurm_start.measure(Path(tmp), repeats))
+    report["slurm_first_worker_date"] = datetime.datetime.now(datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    report["slurm_first_worker_load_average"] = list(os.getloadavg())
+    say(f"  median {report['slurm_first_worker_seconds']:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=10_000)
@@ -247,7 +258,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="each with one thread")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slurm-repeats", type=int, default=5, help="0: skip (needs root)")
+    parser.add_argument(
+        "--only-slurm",
+        action="store_true",
+        help="measure only the SLURM start time, into the existing report.json",
+    )
     args = parser.parse_args()
+    if args.only_slurm:
+        report = json.loads((HERE / "report.json").read_text())
+        measure_slurm(report, args.slurm_repeats)
+        (HERE / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return
 
     report: dict[str, Any] = {
         "benchmark": "Dask with TLS: straight to the scheduler vs. through Traefik by SNI",
@@ -282,10 +303,7 @@ def main() -> None:
     report["runs"] = runs
     report["result"] = summary(runs)
     if args.slurm_repeats:
-        say(f"SLURM backend: scale(1) to the first worker, {args.slurm_repeats} times")
-        with tempfile.TemporaryDirectory(prefix="bench-dask-slurm-") as tmp:
-            report.update(slurm_start.measure(Path(tmp), args.slurm_repeats))
-        say(f"  median {report['slurm_first_worker_seconds']:.1f} s")
+        measure_slurm(report, args.slurm_repeats)
     (HERE / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, HERE / "report.png")
     ratios = report["result"]["ratio_edge_over_direct"]
