@@ -178,6 +178,10 @@ class FacilityCluster(Cluster):
     async def _start(self) -> None:
         self.status = Status.starting
         self._session = aiohttp.ClientSession(
+            # The system's resolver (getaddrinfo, as every other tool of the pod): aiohttp's
+            # own default is c-ares where aiodns is installed, which timed out on the cluster's
+            # DNS in the end-to-end test.
+            connector=aiohttp.TCPConnector(resolver=aiohttp.ThreadedResolver()),
             headers={"Authorization": f"token {self._api_token}"},
             timeout=aiohttp.ClientTimeout(total=60),
         )

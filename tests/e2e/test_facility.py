@@ -332,6 +332,61 @@ def test_a_user_logs_in_through_the_edge_and_gets_jupyterlab(
     assert status.status_code == 200, status.text
 
 
+# Run in alice's notebook pod (kubectl exec), as a notebook cell would: the client library of
+# the analysis image, the pod's own environment (the operator's URL, the user's hub token).
+# No DNS resolves <cluster>.<dask domain> here: the client dials the edge's Service and sends
+# the cluster's name as SNI (edge_host), as the workers do (operator.backends.kubernetes).
+DASK_IN_THE_NOTEBOOK = f"""
+import json
+from facility_client.cluster import FacilityCluster
+with FacilityCluster(edge_host="{FULLNAME}-edge.{NAMESPACE}.svc", timeout=300) as cluster:
+    # One worker: a worker pod asks for a whole core, and this node has two, mostly taken.
+    cluster.scale(1)
+    with cluster.get_client() as client:
+        client.wait_for_workers(1, timeout=300)
+        total = client.submit(sum, client.map(lambda x: x * x, range(100))).result(timeout=120)
+        workers = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
+    print(json.dumps({{"id": cluster.name, "sum": total, "workers": workers}}))
+"""
+
+
+def dask_objects(facility: Facility, cluster_id: str) -> list[str]:
+    """Everything of one Dask cluster left in the namespace (its label), and the cluster."""
+    names = facility.kubectl(
+        "get", "daskclusters,pods,services,secrets,ingressroutetcps", "-n", NAMESPACE,
+        "-l", f"facility.hep.io/cluster={cluster_id}", "-o", "name",
+    ).split()  # fmt: skip
+    gone = facility.kubectl(
+        "get", "daskcluster", cluster_id, "-n", NAMESPACE, "--ignore-not-found", "-o", "name"
+    )
+    return names + gone.split()
+
+
+def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> None:
+    """Mode: real node. From alice's notebook pod, FacilityCluster asks the operator's API (with
+    her hub token) for a cluster of the Kubernetes backend; the operator makes the scheduler
+    pod, its TLS identity and its route on the edge; a worker pod joins through the edge by
+    SNI; a computation is right; close() ends it, and nothing of the cluster is left."""
+    if not (server(facility) or {}).get("ready"):
+        start_server(facility)
+    done = subprocess.run(
+        [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec",
+         "-n", NAMESPACE, f"jupyter-{USER}", "--", "python3", "-c", DASK_IN_THE_NOTEBOOK],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[:3000] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["sum"] == sum(x * x for x in range(100))
+    cluster_id = result["id"]
+    assert cluster_id.startswith(f"{USER}-")
+    assert result["workers"] == [f"{cluster_id}-worker-0"]
+    # close(): the operator's finalizer, then the garbage collector: no pod, Service, Secret,
+    # route or DaskCluster of it remains.
+    wait_for(
+        lambda: not dask_objects(facility, cluster_id), "the Dask cluster's objects to go", 180
+    )
+
+
 def hub_pod_uid(facility: Facility) -> str:
     pods = facility.json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=hub")
     return pods["items"][0]["metadata"]["uid"]
