@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import importlib
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from distributed import Client
 from facility_client.cluster import FacilityCluster, FacilityError, ScaleRange
 from facility_operator.certs import ClusterIdentity
 
-from tests.conftest import ROOT, free_port, http_get, wait_for
+from tests.conftest import ROOT, free_port, http_get, serve_app, wait_for
 from tests.integration.slurm import (
     SchedulerProgram,
     SlurmCluster,
@@ -160,19 +159,10 @@ def api(slurm: SlurmCluster, tmp_path: Path) -> Iterator[tuple[StandInAPI, str]]
     stand_in = StandInAPI(slurm, tmp_path)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", stand_in.handle)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    port = free_port()
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     try:
-        yield stand_in, f"http://127.0.0.1:{port}"
+        with serve_app(app) as url:
+            yield stand_in, url
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
         stand_in.close()
 
 

@@ -8,13 +8,11 @@ runs it); the cluster's TLS Secret, which the operator would make, is made by th
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
 import re
 import secrets
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,12 +21,11 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from aiohttp import web
 from facility_operator.api import make_app
 from facility_operator.settings import Settings
 from kubernetes import config as kube_config
 
-from tests.conftest import CHART, KUBECONFIG, free_port, kubectl, wait_for
+from tests.conftest import CHART, KUBECONFIG, free_port, kubectl, serve_app, wait_for
 from tests.integration.hub import Hub, run_hub
 
 pytestmark = pytest.mark.cluster
@@ -91,33 +88,13 @@ def crds(cluster: Path) -> None:
 
 
 @contextmanager
-def serve(app: web.Application) -> Iterator[str]:
-    """The app on a loopback port, in a thread with its own event loop, as the operator runs
-    it beside kopf; yields its base URL."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    port = free_port()
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-
-@contextmanager
 def run_api(hub_api_url: str, namespace: str) -> Iterator[str]:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     values["edge"]["dask"]["domain"] = "dask.af.test"
     settings = Settings.from_values(values, "af-facility", namespace, release_name="af")
     settings = dataclasses.replace(settings, hub_api_url=hub_api_url, quotas=QUOTAS)
     kube = kube_config.new_client_from_config(config_file=str(KUBECONFIG))
-    with serve(make_app(settings, kube=kube)) as url:
+    with serve_app(make_app(settings, kube=kube)) as url:
         yield url
     kube.close()
 
