@@ -145,3 +145,14 @@ def serve_app(app: Any) -> Iterator[str]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
         loop.close()
+
+
+def pytest_report_header() -> str:
+    """Which nodes the shared local cluster has: the `cluster` tests ran in that mode (tests/e2e
+    and the realnode tests start real-node clusters of their own and say so)."""
+    env = CLUSTER_DIR / "cluster.env"
+    if not env.is_file():
+        return "local cluster: not running"
+    lines = env.read_text().splitlines()
+    mode = next((line.removeprefix("mode=") for line in lines if line.startswith("mode=")), "?")
+    return f"local cluster: {CLUSTER_DIR} with {mode} nodes (the `cluster` tests run there)"
