@@ -14,11 +14,11 @@ containerd_socket() { echo "$state/containerd/containerd.sock"; }
 
 real_node_packages() {
   local tool missing=()
-  for tool in containerd runc iptables /usr/lib/cni/bridge local-path-provisioner; do
+  for tool in containerd runc iptables ipset /usr/lib/cni/bridge local-path-provisioner kube-router; do
     command -v "$tool" >/dev/null || [ -x "$tool" ] || missing+=("$tool")
   done
   [ ${#missing[@]} -eq 0 ] ||
-    die "real nodes need ${missing[*]}: run ci/prereqs (Debian: containerd runc containernetworking-plugins iptables) and ci/tools local-path-provisioner"
+    die "real nodes need ${missing[*]}: run ci/prereqs (Debian: containerd runc containernetworking-plugins iptables ipset) and ci/tools (local-path-provisioner, kube-router)"
 }
 
 # Made once, before the apiserver starts: the apiserver rereads its kubelet client certificate
@@ -27,12 +27,14 @@ real_node_packages() {
 # network connection" in the apiserver, "TLS handshake error ... EOF" in the kubelet).
 real_node_pki() {
   # The node's identity (the Node authorizer knows system:node:<name>), kube-proxy's, the
-  # storage provisioner's (its RBAC: local-path.yaml), and the apiserver's client certificate
+  # storage provisioner's (its RBAC: local-path.yaml), the policy agent's (kube-router.yaml),
+  # and the apiserver's client certificate
   # for kubelets (logs, exec, port-forward).
   cert kubelet ca "/O=system:nodes/CN=system:node:$node_name" clientAuth,serverAuth \
     "IP:$advertise_ip,IP:127.0.0.1,DNS:$node_name"
   cert kube-proxy ca /CN=system:kube-proxy clientAuth
   cert local-path-provisioner ca /CN=facility:local-path-provisioner clientAuth
+  cert kube-router ca /CN=facility:kube-router clientAuth
   cert apiserver-kubelet-client ca /O=system:masters/CN=kube-apiserver-kubelet-client clientAuth
 }
 
@@ -157,6 +159,21 @@ start_cluster_dns() {
   log "cluster DNS (CoreDNS) ready at $cluster_dns"
 }
 
+# NetworkPolicy enforcement, once the node is Ready (the bridge alone lets every pod reach every
+# other, whatever the policies say): kube-router's firewall on the host, iptables and ipset
+# rules per policy. (kube-network-policies, the smaller choice, needs nft's queue expression,
+# which this kernel lacks: CONFIG_NFT_QUEUE is not set.)
+start_network_policies() {
+  write_kubeconfig "$state/kube-router.kubeconfig" kube-router
+  kubectl --kubeconfig="$kubeconfig" apply -f "$here/cluster.d/kube-router.yaml" >/dev/null
+  start kube-router kube-router --kubeconfig="$state/kube-router.kubeconfig" \
+    --run-firewall=true --run-router=false --run-service-proxy=false \
+    --hostname-override="$node_name" --service-cluster-ip-range="$service_cidr" \
+    --health-port="$policy_health_port" --metrics-port=0
+  wait_healthy kube-router 60
+  log "NetworkPolicies enforced (kube-router's firewall)"
+}
+
 # Storage, once the node is Ready: local-path-provisioner on the host (like the control plane)
 # makes each volume a folder under the state dir, through a helper pod on the node. The helper
 # runs as root with no capability but DAC_OVERRIDE (teardown removes what the pods' users wrote).
@@ -204,6 +221,22 @@ drain_real_node() {
   fi
 }
 
+# kube-router's firewall: the jumps to its chains, its chains, its address sets (its own
+# --cleanup-config leaves the top chains behind and then crashes in the service proxy's part).
+# A later node's pods reuse the addresses they name. kube-proxy's chains are named otherwise.
+clean_policy_rules() {
+  local rule chain set
+  iptables-save -t filter | grep -E '^-A (INPUT|FORWARD|OUTPUT) .*-j KUBE-ROUTER-' | sed 's/^-A/-D/' |
+    while read -r rule; do eval "iptables -t filter $rule" || true; done
+  local chains
+  chains=$(iptables-save -t filter | sed -n -E 's/^:((KUBE-ROUTER|KUBE-NWPLCY|KUBE-POD-FW)-[^ ]*) .*/\1/p')
+  for chain in $chains; do iptables -t filter -F "$chain" || true; done
+  for chain in $chains; do iptables -t filter -X "$chain" || true; done
+  for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-SRC|KUBE-DST|kube-router)' || true); do
+    ipset destroy "$set" || true
+  done
+}
+
 clean_real_node() {
   # containerd's shims outlive it: any left (a pod that was not drained) is stopped with its
   # containers.
@@ -213,6 +246,7 @@ clean_real_node() {
     kill -KILL "$pid" 2>/dev/null || true
   done
   kube-proxy --cleanup >/dev/null 2>&1 || true
+  clean_policy_rules
   ip link del cni0 2>/dev/null || true
   # Pod network namespaces that containerd could not remove (one real node per machine: the
   # cni- ones are this node's).

@@ -103,6 +103,35 @@ def test_every_component_has_a_network_policy(values: Path) -> None:
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
 
 
+def admits(rules: list[dict[str, Any]], peer_key: str, component: str, port: int | str) -> bool:
+    """Whether one of the policy's rules lets `component`'s pods through on `port`."""
+    return any(
+        any(
+            p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+            == component
+            for p in rule.get(peer_key, [])
+        )
+        and any(p["port"] == port for p in rule.get("ports", []))
+        for rule in rules
+    )
+
+
+def test_the_hub_may_call_itself_through_its_service() -> None:
+    """At start the hub checks that its managed services answer (and exits when they do not),
+    and the idle culler calls the hub's API: both go through the hub's Service back to the hub
+    pod, which an enforcing network plugin judges like any other traffic (seen on the real node:
+    the hub crash-looped after its first restart)."""
+    hub = next(
+        o["spec"]
+        for o in rendered(VALUES_DIR / "defaults.yaml")
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-hub")
+    )
+    for port in (8081, 10101):
+        assert admits(hub["egress"], "to", "hub", port), port
+    assert admits(hub["ingress"], "from", "hub", "http")
+    assert admits(hub["ingress"], "from", "hub", 10101)
+
+
 def test_network_policies_can_be_switched_off() -> None:
     objs = objects(
         render(VALUES_DIR / "defaults.yaml", "facility", "--set", "networkPolicy.enabled=false")

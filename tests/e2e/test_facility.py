@@ -382,9 +382,67 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
     assert result["workers"] == [f"{cluster_id}-worker-0"]
     # close(): the operator's finalizer, then the garbage collector: no pod, Service, Secret,
     # route or DaskCluster of it remains.
-    wait_for(
-        lambda: not dask_objects(facility, cluster_id), "the Dask cluster's objects to go", 180
+    deadline = time.monotonic() + 180
+    while left := dask_objects(facility, cluster_id):
+        if time.monotonic() > deadline:
+            operator = facility.kubectl(
+                "logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
+                "--tail=30", check=False,
+            )  # fmt: skip
+            pytest.fail(
+                f"after 180s, left of {cluster_id}: {left}; the operator's log:\n{operator}"
+            )
+        time.sleep(1)
+
+
+# Which addresses a pod can open a TCP connection to (3 s each; a dropped one times out).
+REACH = """
+import json, socket, sys
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+print(json.dumps({f"{h}:{p}": reach(h, p) for h, p in json.loads(sys.argv[1])}))
+"""
+
+
+def pod_ip(facility: Facility, component: str) -> str:
+    pods = facility.json(
+        "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={component}"
     )
+    return str(pods["items"][0]["status"]["podIP"])
+
+
+def test_network_policies_keep_a_notebook_to_what_it_needs(facility: Facility) -> None:
+    """Mode: real node, NetworkPolicies enforced (kube-router's firewall). alice's notebook pod
+    reaches the hub's API and the proxy's public port, as it must; it cannot reach the proxy's
+    route API (which would let it take over other users' traffic) nor the hub's token service
+    except through the proxy."""
+    if not (server(facility) or {}).get("ready"):
+        start_server(facility)
+    hub, proxy = pod_ip(facility, "hub"), pod_ip(facility, "proxy")
+    targets = [(hub, 8081), (proxy, 8000), (proxy, 8001), (hub, 10101)]
+    reached = json.loads(
+        facility.kubectl(
+            "exec",
+            "-n",
+            NAMESPACE,
+            f"jupyter-{USER}",
+            "--",
+            "python3",
+            "-c",
+            REACH,
+            json.dumps(targets),
+        )
+    )
+    assert reached == {
+        f"{hub}:8081": True,
+        f"{proxy}:8000": True,
+        f"{proxy}:8001": False,
+        f"{hub}:10101": False,
+    }
 
 
 def hub_pod_uid(facility: Facility) -> str:

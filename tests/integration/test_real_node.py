@@ -1,6 +1,7 @@
 """ci/cluster's real-node mode: this machine is a Kubernetes node (kubelet, containerd, runc,
-a CNI bridge, kube-proxy, CoreDNS, local-path-provisioner), pods really run, `kubectl logs` and
-`kubectl exec` reach them, a volume claim outlives its pod, and `down` leaves nothing behind.
+a CNI bridge, kube-proxy, CoreDNS, local-path-provisioner, kube-router's firewall), pods really
+run, `kubectl logs` and `kubectl exec` reach them, a volume claim outlives its pod,
+NetworkPolicies are enforced, and `down` leaves nothing behind.
 
 It runs a cluster of its own (own state dir and ports) beside the developer's, and needs the
 images from ci/images: pause, coredns, and the Debian base they are built on, which the node
@@ -23,9 +24,9 @@ from tests.integration.test_local_cluster import listening, pid_alive
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
 PORT_BASE = 19400
-COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-              "containerd", "kubelet", "kube-proxy", "local-path-provisioner"]  # fmt: skip
-PORTS = [PORT_BASE + offset for offset in (79, 80, 43, 57, 59, 50, 48, 56, 49)]
+COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
+              "kubelet", "kube-proxy", "kube-router", "local-path-provisioner"]  # fmt: skip
+PORTS = [PORT_BASE + offset for offset in (79, 80, 43, 57, 59, 50, 48, 56, 49, 51)]
 NODE = "facility-node-0"
 NAMESPACE = "probe"
 # The chart's pods: uid 1000, group 100 (users), which also owns their volumes (fsGroup).
@@ -89,7 +90,10 @@ def namespace(real: dict[str, str]) -> str:
     return NAMESPACE
 
 
-def run_pod(env: dict[str, str], name: str, image: str, script: str, claim: str = "") -> None:
+def run_pod(
+    env: dict[str, str], name: str, image: str, script: str, claim: str = "",
+    labels: dict[str, str] | None = None,
+) -> None:  # fmt: skip
     """Creates a restricted pod that runs `script` in sh (with the claim's volume at /data)."""
     container: dict[str, object] = {
         "name": name, "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", script],
@@ -102,8 +106,8 @@ def run_pod(env: dict[str, str], name: str, image: str, script: str, claim: str 
     if claim:
         container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
         spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}  # fmt: skip
+    metadata = {"name": name, "namespace": NAMESPACE, "labels": labels or {}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
     ok(kubectl(env, "apply", "-f", "-", input=json.dumps(pod)))
 
 
@@ -188,6 +192,50 @@ def test_a_claim_on_the_default_class_outlives_its_pod(
     wait_for(lambda: not folder.exists(), "the volume's folder to be removed", 120)
 
 
+# A TCP server in the Debian base's perl (perl-base has IO::Socket): a greeting per connection.
+GREETER = """exec perl -MIO::Socket::INET -e '
+  my $server = IO::Socket::INET->new(LocalPort => 8080, Listen => 8, ReuseAddr => 1) or die $!;
+  while (my $client = $server->accept) { print $client "hello\\n"; close $client }'"""
+
+
+def greeted(env: dict[str, str], pod: str, address: str) -> bool:
+    """Whether `pod` gets the greeting from address:8080 within 3 seconds."""
+    script = f"timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/8080 && head -n 1 <&3'"
+    done = in_namespace(env, "exec", pod, "--", "bash", "-c", script)
+    return done.returncode == 0 and done.stdout.strip() == "hello"
+
+
+def test_network_policies_are_enforced(real: dict[str, str], namespace: str, image: str) -> None:
+    """kube-network-policies on the node: a policy that admits only pods labelled role=friend to
+    the server keeps every other pod out, and lets the friend in."""
+    run_pod(real, "server", image, GREETER, labels={"app": "server"})
+    for client, role in (("stranger", "stranger"), ("friend", "friend")):
+        run_pod(real, client, image, "exec sleep 600", labels={"role": role})
+    for pod in ("server", "stranger", "friend"):
+        ok(in_namespace(real, "wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=120s"))
+    address = ok(in_namespace(real, "get", "pod", "server", "-o", "jsonpath={.status.podIP}"))
+    # No policy yet: the bridge lets everyone in.
+    wait_for(lambda: greeted(real, "stranger", address), "the server to greet a stranger", 60)
+
+    policy = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "friends-only", "namespace": NAMESPACE},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}],
+                              "ports": [{"port": 8080, "protocol": "TCP"}]}]},
+    }  # fmt: skip
+    ok(kubectl(real, "apply", "-f", "-", input=json.dumps(policy)))
+    wait_for(
+        lambda: not greeted(real, "stranger", address), "the policy to keep the stranger out", 60
+    )
+    assert greeted(real, "friend", address)
+    assert not greeted(real, "stranger", address)
+
+    ok(in_namespace(real, "delete", "networkpolicy", "friends-only"))
+    wait_for(lambda: greeted(real, "stranger", address), "the stranger to be let in again", 60)
+    ok(in_namespace(real, "delete", "pod", "server", "stranger", "friend", "--wait=false"))
+
+
 def test_down_leaves_nothing(real: dict[str, str]) -> None:
     state = Path(real["FACILITY_CLUSTER_DIR"])
     pids = {name: int((state / "pids" / name).read_text()) for name in COMPONENTS}
@@ -202,5 +250,8 @@ def test_down_leaves_nothing(real: dict[str, str]) -> None:
     assert str(state) not in Path("/proc/mounts").read_text()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert " cni0:" not in links
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert "KUBE-ROUTER" not in rules
+    assert "KUBE-NWPLCY" not in rules
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "cni-" not in namespaces
