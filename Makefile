@@ -17,8 +17,9 @@ help: ## List the targets
 up: ## Bring the facility up: tools, images, a real-node cluster, login, chart (FACILITY_NODES=kwok: simulated)
 	ci/up
 
-down: ## Remove the facility and stop the local cluster (deletes all its data)
+down: ## Remove the facility, stop the local cluster (deletes all its data) and the image builder
 	ci/cluster down
+	ci/images down
 
 tools: ## Build the pinned tools from their Go modules into ~/.cache/facility
 	ci/tools
