@@ -225,10 +225,11 @@ drain_real_node() {
 # --cleanup-config leaves the top chains behind and then crashes in the service proxy's part).
 # A later node's pods reuse the addresses they name. kube-proxy's chains are named otherwise.
 clean_policy_rules() {
-  local rule chain set
-  iptables-save -t filter | grep -E '^-A (INPUT|FORWARD|OUTPUT) .*-j KUBE-ROUTER-' | sed 's/^-A/-D/' |
-    while read -r rule; do eval "iptables -t filter $rule" || true; done
-  local chains
+  local rule rules chain chains set
+  rules=$(iptables-save -t filter | sed -n -E 's/^-A ((INPUT|FORWARD|OUTPUT) .*-j KUBE-ROUTER-.*)/-D \1/p')
+  while read -r rule; do
+    [ -z "$rule" ] || eval "iptables -t filter $rule" || true
+  done <<<"$rules"
   chains=$(iptables-save -t filter | sed -n -E 's/^:((KUBE-ROUTER|KUBE-NWPLCY|KUBE-POD-FW)-[^ ]*) .*/\1/p')
   for chain in $chains; do iptables -t filter -F "$chain" || true; done
   for chain in $chains; do iptables -t filter -X "$chain" || true; done
