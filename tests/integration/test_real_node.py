@@ -206,7 +206,7 @@ def greeted(env: dict[str, str], pod: str, address: str) -> bool:
 
 
 def test_network_policies_are_enforced(real: dict[str, str], namespace: str, image: str) -> None:
-    """kube-network-policies on the node: a policy that admits only pods labelled role=friend to
+    """kube-router's firewall on the node: a policy that admits only pods labelled role=friend to
     the server keeps every other pod out, and lets the friend in."""
     run_pod(real, "server", image, GREETER, labels={"app": "server"})
     for client, role in (("stranger", "stranger"), ("friend", "friend")):
