@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.chart.render import VALUES_DIR, VALUES_FILES, objects, render
+from tests.conftest import ROOT
 
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 COMPONENTS = {"hub", "proxy", "edge", "operator"}
@@ -126,10 +127,13 @@ def test_the_hub_may_call_itself_through_its_service() -> None:
         for o in rendered(VALUES_DIR / "defaults.yaml")
         if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-hub")
     )
-    for port in (8081, 10101):
+    token_port = yaml.safe_load((ROOT / "charts/facility/values.yaml").read_text())["hub"][
+        "tokenServicePort"
+    ]
+    for port in (8081, token_port):
         assert admits(hub["egress"], "to", "hub", port), port
     assert admits(hub["ingress"], "from", "hub", "http")
-    assert admits(hub["ingress"], "from", "hub", 10101)
+    assert admits(hub["ingress"], "from", "hub", token_port)
 
 
 def test_network_policies_can_be_switched_off() -> None:

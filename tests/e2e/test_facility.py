@@ -46,6 +46,7 @@ RELEASE = "e2e"
 FULLNAME = "e2e-facility"
 USER = "alice"
 CHART_COMPONENTS = {"hub", "proxy", "edge", "operator"}
+CHART_DEFAULTS = yaml.safe_load((ROOT / "charts/facility/values.yaml").read_text())
 # What may stay in the namespace after `helm uninstall`: the data the chart keeps on purpose
 # (the hub database), what others made (KubeSpawner's home volumes, the operator's Dask CA,
 # which the chart's notes say is kept), and what Kubernetes makes in every namespace.
@@ -382,17 +383,9 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
     assert result["workers"] == [f"{cluster_id}-worker-0"]
     # close(): the operator's finalizer, then the garbage collector: no pod, Service, Secret,
     # route or DaskCluster of it remains.
-    deadline = time.monotonic() + 180
-    while left := dask_objects(facility, cluster_id):
-        if time.monotonic() > deadline:
-            operator = facility.kubectl(
-                "logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
-                "--tail=30", check=False,
-            )  # fmt: skip
-            pytest.fail(
-                f"after 180s, left of {cluster_id}: {left}; the operator's log:\n{operator}"
-            )
-        time.sleep(1)
+    wait_for(
+        lambda: not dask_objects(facility, cluster_id), "the Dask cluster's objects to go", 180
+    )
 
 
 # Which addresses a pod can open a TCP connection to (3 s each; a dropped one times out).
@@ -423,7 +416,8 @@ def test_network_policies_keep_a_notebook_to_what_it_needs(facility: Facility) -
     if not (server(facility) or {}).get("ready"):
         start_server(facility)
     hub, proxy = pod_ip(facility, "hub"), pod_ip(facility, "proxy")
-    targets = [(hub, 8081), (proxy, 8000), (proxy, 8001), (hub, 10101)]
+    token_port = CHART_DEFAULTS["hub"]["tokenServicePort"]
+    targets = [(hub, 8081), (proxy, 8000), (proxy, 8001), (hub, token_port)]
     reached = json.loads(
         facility.kubectl(
             "exec",
@@ -441,7 +435,7 @@ def test_network_policies_keep_a_notebook_to_what_it_needs(facility: Facility) -
         f"{hub}:8081": True,
         f"{proxy}:8000": True,
         f"{proxy}:8001": False,
-        f"{hub}:10101": False,
+        f"{hub}:{token_port}": False,
     }
 
 
