@@ -75,8 +75,8 @@ metadata:
     kubernetes.io/hostname: $node
     type: kwok
 status:
-  capacity: {cpu: "16", memory: 64Gi, pods: "110"}
-  allocatable: {cpu: "16", memory: 64Gi, pods: "110"}
+  capacity: {cpu: "16", memory: 64Gi, ephemeral-storage: 200Gi, pods: "110"}
+  allocatable: {cpu: "16", memory: 64Gi, ephemeral-storage: 200Gi, pods: "110"}
 EOF
   done
   kubectl --kubeconfig="$kubeconfig" wait --for=condition=Ready node -l type=kwok --timeout=60s >/dev/null ||

@@ -9,8 +9,14 @@ It talks to the user API of operators/README.md: the base URL from $FACILITY_OPE
 user's JupyterHub token from $JUPYTERHUB_API_TOKEN (both set in every notebook pod). Creating
 one POSTs a cluster, waits until the operator reports it Running, fetches its TLS credentials
 and connects to the scheduler's public address by mutual TLS through the edge. `scale(n)` and
-`adapt(minimum, maximum)` ask the API (the scheduler pod scales its batch backend), `close()`
-deletes the cluster. `FacilityCluster.from_name(id)` connects to an existing one.
+`adapt(minimum, maximum)` ask the API, and the operator makes or retires the workers (the
+scheduler makes none); `close()` deletes the cluster. `FacilityCluster.from_name(id)` connects
+to an existing one. `workers()` lists the cluster's workers as the operator sees them (state,
+and why one waits or ended), `logs(name)` the end of one worker's log.
+
+Worker groups: `worker_groups=[{"name": "gpu", "gpus": 1, "cores": 4, "maxWorkers": 2}]` adds
+named groups beside the default one; `scale(n, group="gpu")` sizes one of them, and a GPU
+worker offers the Dask resource `GPU` (`client.submit(f, resources={"GPU": 1})`).
 
 The user's bearer token (the file that WLCG discovery finds, which `facility-token` keeps fresh
 in the notebook) is shared with the cluster's pods, so that workers read XCache as the user: at
@@ -83,6 +89,8 @@ class FacilityCluster(Cluster):
         image: str | None = None,
         idle_timeout: int | None = None,
         *,
+        gpus: int | None = None,
+        worker_groups: list[dict[str, Any]] | None = None,
         name: str | None = None,
         edge_host: str | None = None,
         api_url: str | None = None,
@@ -93,14 +101,11 @@ class FacilityCluster(Cluster):
     ) -> None:
         """A new cluster (or, with `name`, the existing cluster of that id: see `from_name`)."""
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
-        worker = {"cores": cores, "memory": memory, "disk": disk, "image": image}
+        worker = {"cores": cores, "memory": memory, "disk": disk, "image": image, "gpus": gpus}
         request: dict[str, Any] = {
             "backend": backend,
-            "worker": {
-                key: quantity(value) if key in ("memory", "disk") else value
-                for key, value in worker.items()
-                if value is not None
-            },
+            "worker": _worker_request(worker),
+            "workerGroups": [_worker_request(group) for group in worker_groups or []] or None,
             "idleTimeout": idle_timeout,
         }
         # Whatever is left out, the API fills in with the facility's defaults.
@@ -250,9 +255,12 @@ class FacilityCluster(Cluster):
             finally:
                 await self._session.close()
 
-    def _ask(self, minimum: int, maximum: int) -> Any:
+    def _ask(self, minimum: int, maximum: int, group: str | None = None) -> Any:
         """PATCH the desired range: at once, or as a task when the cluster is asynchronous."""
-        path, body = f"/clusters/{self.name}", {"minWorkers": minimum, "maxWorkers": maximum}
+        path = f"/clusters/{self.name}"
+        body: dict[str, Any] = {"minWorkers": minimum, "maxWorkers": maximum}
+        if group is not None:
+            body["group"] = group
         if not self.asynchronous:
             self.sync(self._api, "PATCH", path, body)
             return None
@@ -260,23 +268,49 @@ class FacilityCluster(Cluster):
         task.add_done_callback(_log_failure)
         return task
 
-    def scale(self, n: int) -> Any:
-        """Ask for exactly n workers (an awaitable when the cluster is asynchronous)."""
-        return self._ask(n, n)
+    def scale(self, n: int, group: str | None = None) -> Any:
+        """Ask for exactly n workers, of the default group or of `group` (an awaitable when the
+        cluster is asynchronous)."""
+        return self._ask(n, n, group)
 
     def adapt(  # type: ignore[override]
-        self, minimum: int = 0, maximum: int | None = None, **kwargs: Any
+        self, minimum: int = 0, maximum: int | None = None, group: str | None = None, **kwargs: Any
     ) -> ScaleRange:
-        """Let the scheduler keep between minimum and maximum workers as the load needs."""
+        """Let the operator keep between minimum and maximum workers as the scheduler's load
+        asks for (of the default group or of `group`)."""
         if maximum is None:
             raise ValueError("adapt needs a maximum: the facility's quota counts it")
-        self._ask(minimum, maximum)
+        self._ask(minimum, maximum, group)
         return ScaleRange(minimum, maximum)
+
+    def workers(self) -> Any:
+        """The cluster's workers as the operator sees them: a list of {name, id, group, state,
+        since, reason}; state is pending, starting, connected, or, for the recent failures,
+        failed, held or evicted."""
+        return self.sync(self._api, "GET", f"/clusters/{self.name}/workers")
+
+    def logs(self, worker: str) -> Any:
+        """The last lines of one worker's log (where its backend keeps one)."""
+
+        async def text() -> str:
+            found = await self._api("GET", f"/clusters/{self.name}/workers/{worker}/logs")
+            return str(found["log"])
+
+        return self.sync(text)
 
     @property
     def dashboard_link(self) -> str:
         """The dashboard through the hub's proxy, as the operator reports it."""
         return str(self._view.get("dashboardLink", ""))
+
+
+def _worker_request(worker: dict[str, Any]) -> dict[str, Any]:
+    """A worker (group) request without its unset fields, quantities as Kubernetes writes them."""
+    return {
+        key: quantity(value) if key in ("memory", "disk") else value
+        for key, value in worker.items()
+        if value is not None
+    }
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

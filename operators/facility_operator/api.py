@@ -13,6 +13,7 @@ Service directly without it. Both are served.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,15 +21,16 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from facility_client import kube_config
 from kubernetes import client
 
-from facility_operator import quotas, resources, validation
+from facility_operator import kube_config, quotas, resources, validation
 from facility_operator.clusters import Clusters
 from facility_operator.errors import ApiError
 from facility_operator.hub_auth import HubAuth, User
+from facility_operator.kube import Kube
 from facility_operator.names import new_cluster_id, user_slug
 from facility_operator.settings import Settings
+from facility_operator.workers import WorkerController
 
 SERVICE_NAME = "dask"  # the JupyterHub service's name (hub_config.services.dask)
 PREFIX = f"/services/{SERVICE_NAME}"
@@ -40,6 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SETTINGS = web.AppKey("settings", Settings)
 CLUSTERS = web.AppKey("clusters", Clusters)
 HUB = web.AppKey("hub", HubAuth)
+WORKERS = web.AppKey("workers", WorkerController)
 # One change at a time per user: a quota check and the create or patch it allows happen
 # together (the operator runs as one replica).
 LOCKS = web.AppKey("locks", defaultdict)
@@ -82,10 +85,13 @@ def view(cluster: dict[str, Any], settings: Settings) -> dict[str, Any]:
         "worker": spec["worker"],
         "minWorkers": spec["minWorkers"],
         "maxWorkers": spec["maxWorkers"],
+        "workerGroups": spec.get("workerGroups", []),
         "idleTimeout": spec["idleTimeout"],
         "address": resources.scheduler_address(settings, cluster),
         "phase": status.get("phase", "Pending"),
         "workers": status.get("workers", 0),
+        "workerStates": status.get("workerStates", {}),
+        "heldBack": status.get("heldBack", ""),
         "dashboardLink": status.get("dashboardLink", ""),
         "message": status.get("message", ""),
         "created": cluster["metadata"]["creationTimestamp"],
@@ -93,16 +99,18 @@ def view(cluster: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 
 def manifest(
-    settings: Settings, user: str, cluster_id: str, spec: dict[str, Any], pod: client.V1Pod
+    settings: Settings, user: User, cluster_id: str, spec: dict[str, Any], pod: client.V1Pod
 ) -> dict[str, Any]:
     return {
         "apiVersion": f"{resources.GROUP}/{resources.VERSION}",
         "kind": resources.KIND,
         "metadata": {
             "name": cluster_id,
+            # The owner's groups, for the quotas the operator applies to the workers.
+            "annotations": {resources.ANNOTATION_OWNER_GROUPS: json.dumps(sorted(user.groups))},
             "labels": {
                 resources.LABEL_CLUSTER: cluster_id,
-                resources.LABEL_OWNER: user_slug(user),
+                resources.LABEL_OWNER: user_slug(user.name),
                 resources.LABEL_MANAGED_BY: resources.MANAGED_BY,
                 # The release's NetworkPolicies select the cluster's pods by it; the objects
                 # the operator and the Kubernetes backend make copy it from here.
@@ -119,7 +127,7 @@ def manifest(
                 }
             ],
         },
-        "spec": {"owner": user, **spec},
+        "spec": {"owner": user.name, **spec},
     }
 
 
@@ -132,7 +140,7 @@ async def create_cluster(request: web.Request) -> web.Response:
         if pod is None:
             message = f"{user.name} has no server running: start your server first"
             raise ApiError(409, message)
-        body = manifest(settings, user.name, new_cluster_id(user.name), spec, pod)
+        body = manifest(settings, user, new_cluster_id(user.name), spec, pod)
         # The API server validates the object and fills its defaults; the quota counts that.
         proposed = await clusters.create(body, dry_run=True)
         mine = [c["spec"] for c in await clusters.mine(user.name)]
@@ -158,9 +166,10 @@ async def scale_cluster(request: web.Request) -> web.Response:
     user = await caller(request)
     settings, clusters = request.app[SETTINGS], request.app[CLUSTERS]
     cluster_id = request.match_info["id"]
-    change = validation.scale_request(await body_of(request))
+    group, sizes = validation.scale_request(await body_of(request))
     async with request.app[LOCKS][user.name]:
         current = await clusters.one(user.name, cluster_id)
+        change = scale_change(current["spec"], group, sizes)
         proposed = await clusters.patch_spec(cluster_id, change, dry_run=True)
         mine = await clusters.mine(user.name)
         others = [c["spec"] for c in mine if c["metadata"]["name"] != cluster_id]
@@ -168,6 +177,37 @@ async def scale_cluster(request: web.Request) -> web.Response:
         quotas.check(limits, user.name, others, proposed["spec"], current["spec"])
         patched = await clusters.patch_spec(cluster_id, change)
     return web.json_response(view(patched, settings))
+
+
+def scale_change(spec: dict[str, Any], group: str | None, sizes: dict[str, int]) -> dict[str, Any]:
+    """The spec patch for a new size of the default group, or of one of spec.workerGroups."""
+    if group is None or group == "default":
+        return dict(sizes)
+    groups = [dict(g) for g in spec.get("workerGroups", [])]
+    for found in groups:
+        if found["name"] == group:
+            found.update(sizes)
+            return {"workerGroups": groups}
+    known = ", ".join(["default", *(g["name"] for g in groups)])
+    raise ApiError(400, f"the cluster has no worker group {group!r}; it has: {known}", "group")
+
+
+async def list_workers(request: web.Request) -> web.Response:
+    """Every worker of the cluster: name, backend id, group, state, since, reason; and the
+    recent failures (GET .../workers/{name}/logs gives the end of one's log)."""
+    user = await caller(request)
+    cluster = await request.app[CLUSTERS].one(user.name, request.match_info["id"])
+    return web.json_response(await request.app[WORKERS].describe(cluster))
+
+
+async def worker_logs(request: web.Request) -> web.Response:
+    user = await caller(request)
+    cluster = await request.app[CLUSTERS].one(user.name, request.match_info["id"])
+    name = request.match_info["name"]
+    text = await request.app[WORKERS].log_of(cluster, name)
+    if text is None:
+        raise ApiError(404, f"no worker {name} in cluster {resources.cluster_id(cluster)}")
+    return web.json_response({"name": name, "log": text})
 
 
 async def delete_cluster(request: web.Request) -> web.Response:
@@ -211,16 +251,25 @@ async def credentials(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
-def make_app(settings: Settings, *, kube: client.ApiClient | None = None) -> web.Application:
+def make_app(
+    settings: Settings,
+    *,
+    kube: client.ApiClient | None = None,
+    controller: WorkerController | None = None,
+) -> web.Application:
     """The API as an aiohttp application. kube: the Kubernetes client to use (default: the
-    in-cluster service account, or the kubeconfig outside a cluster)."""
+    in-cluster service account, or the kubeconfig outside a cluster); controller: the
+    operator's worker controller (default: one of the API's own, to read the workers)."""
     if kube is None:
         kube_config.load()
         kube = client.ApiClient()
+    if controller is None:
+        controller = WorkerController(Kube(kube), settings, kube)
     app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = settings
     app[CLUSTERS] = Clusters(kube, settings.namespace)
     app[LOCKS] = defaultdict(asyncio.Lock)
+    app[WORKERS] = controller
 
     async def hub_session(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:
@@ -236,4 +285,6 @@ def make_app(settings: Settings, *, kube: client.ApiClient | None = None) -> web
         app.router.add_delete(f"{prefix}/clusters/{{id}}", delete_cluster)
         app.router.add_get(f"{prefix}/clusters/{{id}}/credentials", credentials)
         app.router.add_put(f"{prefix}/clusters/{{id}}/token", share_token)
+        app.router.add_get(f"{prefix}/clusters/{{id}}/workers", list_workers)
+        app.router.add_get(f"{prefix}/clusters/{{id}}/workers/{{name}}/logs", worker_logs)
     return app

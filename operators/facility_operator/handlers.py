@@ -19,6 +19,7 @@ from facility_operator import reconcile
 from facility_operator import resources as res
 from facility_operator.kube import Kube
 from facility_operator.settings import Settings
+from facility_operator.workers import WorkerController
 
 DASK_CLUSTERS = (res.GROUP, res.VERSION, res.PLURAL)
 FINALIZER = f"{res.GROUP}/batch-jobs"
@@ -40,7 +41,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.scanning.disabled = True
 
 
-def _api_app(settings: Settings) -> web.Application | None:
+def _api_app(settings: Settings, controller: WorkerController) -> web.Application | None:
     """The users' API (facility_operator.api), when this build has it."""
     try:
         api = importlib.import_module("facility_operator.api")
@@ -48,7 +49,7 @@ def _api_app(settings: Settings) -> web.Application | None:
         if error.name != "facility_operator.api":
             raise
         return None
-    return api.make_app(settings)
+    return api.make_app(settings, kube=controller.kube.api, controller=controller)
 
 
 async def _sweep_forever(memo: kopf.Memo) -> None:
@@ -70,9 +71,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, *
     memo.kube = await asyncio.to_thread(Kube.connect)
     await asyncio.to_thread(reconcile.ensure_ca, memo.kube, memo.settings)
     memo.backends_seen = set()
+    memo.workers = WorkerController(memo.kube, memo.settings, memo.kube.api)
     memo.sweeper = asyncio.create_task(_sweep_forever(memo))
     memo.api_runner = None
-    app = _api_app(memo.settings)
+    app = _api_app(memo.settings, memo.workers)
     if app is not None:
         memo.api_runner = web.AppRunner(app)
         await memo.api_runner.setup()
@@ -87,6 +89,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await memo.sweeper
     if memo.api_runner is not None:
         await memo.api_runner.cleanup()
+    await memo.workers.close()
 
 
 @kopf.on.resume(*DASK_CLUSTERS)
@@ -109,14 +112,41 @@ async def reconcile_cluster(
     patch.status["observedGeneration"] = meta["generation"]
     if not status.get("phase"):
         patch.status["phase"] = "Pending"
+    memo.workers.wake(cluster)  # a new size: act on it now, not at the next tick
 
 
 @kopf.daemon(*DASK_CLUSTERS, cancellation_timeout=10)
-async def watch_scheduler(body: kopf.Body, memo: kopf.Memo, stopped: Any, **_: Any) -> None:
-    """Status every statusInterval; ends the cluster when its scheduler has ended."""
+async def run_cluster(
+    body: kopf.Body, memo: kopf.Memo, stopped: Any, logger: Any, **_: Any
+) -> None:
+    """The cluster's phase from its scheduler pod, and its workers while the scheduler runs:
+    every operator.workers.interval, and at once when the spec changes. Ends the cluster when
+    its scheduler has ended."""
+    settings: Settings = memo.settings
+    controller: WorkerController = memo.workers
     while not stopped:
-        await asyncio.to_thread(reconcile.update_status, memo.kube, memo.settings, dict(body))
-        await stopped.wait(memo.settings.status_interval)
+        cluster = dict(body)  # kopf keeps `body` current: this is the latest object
+        state = controller.state(cluster)
+        state.wake.clear()
+        status = await asyncio.to_thread(reconcile.scheduler_state, memo.kube, cluster)
+        # Once deleted, the finalizer removes every worker: start none behind its back.
+        if status["phase"] == "Running" and not cluster["metadata"].get("deletionTimestamp"):
+            try:
+                status |= await controller.tick(cluster)
+            except Exception as error:
+                # A batch system that does not answer must not end the daemon: next tick.
+                logger.exception("the workers of %s: %s", res.cluster_key(cluster), error)
+                status["message"] = f"the scheduler runs; the workers could not be managed: {error}"
+        await asyncio.to_thread(reconcile.patch_status, memo.kube, cluster, status)
+        interval = (
+            settings.worker_interval if status["phase"] == "Running" else settings.status_interval
+        )
+        waits = {asyncio.ensure_future(state.wake.wait()), asyncio.ensure_future(stopped.wait())}
+        _, pending = await asyncio.wait(
+            waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiting in pending:
+            waiting.cancel()
 
 
 @kopf.on.delete(*DASK_CLUSTERS)
@@ -132,5 +162,6 @@ async def remove_batch_jobs(
         if asyncio.get_running_loop().time() > deadline:
             raise kopf.TemporaryError("the scheduler pod has not stopped yet", delay=STOP_WAIT)
         await asyncio.sleep(STOP_POLL)
-    removed = await asyncio.to_thread(reconcile.remove_jobs, memo.settings, cluster)
-    logger.info(f"removed {removed} batch jobs of {res.cluster_key(cluster)}")
+    removed = await asyncio.to_thread(reconcile.remove_jobs, memo.kube, memo.settings, cluster)
+    memo.workers.forget(cluster)
+    logger.info(f"removed {removed} workers of {res.cluster_key(cluster)}")

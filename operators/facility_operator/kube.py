@@ -6,11 +6,12 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from facility_client import kube_config
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from facility_operator.resources import GROUP, PLURAL, VERSION
+from facility_operator import kube_config
+from facility_operator.names import user_slug
+from facility_operator.resources import GROUP, LABEL_OWNER, PLURAL, VERSION
 
 TRAEFIK_GROUP, TRAEFIK_VERSION, ROUTES = "traefik.io", "v1alpha1", "ingressroutetcps"
 
@@ -23,6 +24,7 @@ class Kube:
     """Core and custom-object calls in one namespace-agnostic wrapper."""
 
     def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
@@ -71,9 +73,6 @@ class Kube:
                 return None
             raise
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
-
     def delete_pod(self, namespace: str, name: str) -> None:
         try:
             self.core.delete_namespaced_pod(name, namespace)
@@ -84,6 +83,13 @@ class Kube:
     def clusters(self, namespace: str) -> list[dict[str, Any]]:
         listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
         return list(listing["items"])
+
+    def clusters_of(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """The clusters of one user (their exact JupyterHub name)."""
+        listing = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=f"{LABEL_OWNER}={user_slug(owner)}"
+        )
+        return [c for c in listing["items"] if c["spec"]["owner"] == owner]
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

@@ -56,12 +56,17 @@ def limits(quotas: Mapping[str, Any], user: str, groups: Iterable[str]) -> list[
 
 
 def usage(specs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """What these DaskCluster specs (as the API server stores them, defaults filled) hold."""
+    """What these DaskCluster specs (as the API server stores them, defaults filled) hold: the
+    default worker group and every one of spec.workerGroups."""
     totals = dict.fromkeys(KINDS, 0)
     for spec in specs:
         totals["clusters"] += 1
-        totals["workers"] += spec["maxWorkers"]
-        totals["cores"] += spec["maxWorkers"] * spec["worker"]["cores"]
+        for group in [
+            {**spec["worker"], "maxWorkers": spec["maxWorkers"]},
+            *spec.get("workerGroups", []),
+        ]:
+            totals["workers"] += group["maxWorkers"]
+            totals["cores"] += group["maxWorkers"] * group["cores"]
     return totals
 
 

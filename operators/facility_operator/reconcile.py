@@ -11,13 +11,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from facility_client.backends import backend_for
-
 from facility_operator import resources as res
+from facility_operator.backends import backend_for
 from facility_operator.certs import KeyPair, new_cluster_identity, new_facility_ca
 from facility_operator.kube import Kube
 from facility_operator.settings import Settings
-from facility_operator.status import fetch_workers, scheduler_status
+from facility_operator.status import scheduler_status
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ def ensure_ca(kube: Kube, settings: Settings) -> KeyPair:
 
 
 def ensure_objects(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> None:
-    """Create what the cluster lacks; bring the scheduler pod's scale annotations up to date."""
+    """Create what the cluster lacks (the workers are the worker controller's)."""
     namespace = body["metadata"]["namespace"]
     if kube.secret_data(namespace, res.secret_name(body)) is None:
         ca = ensure_ca(kube, settings)
@@ -45,26 +44,26 @@ def ensure_objects(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> N
     kube.create(res.scheduler_service(settings, body))
     kube.create(res.ingress_route(settings, body))
     # The pod last: it mounts the Secret.
-    if not kube.create(res.scheduler_pod(settings, body)):
-        annotations = res.scale_annotations(body["spec"])
-        kube.annotate_pod(namespace, res.scheduler_name(body), annotations)
+    kube.create(res.scheduler_pod(settings, body))
 
 
-def update_status(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> None:
-    """Status from the scheduler pod; a scheduler that ended (idle) ends its cluster."""
+def scheduler_state(kube: Kube, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Phase and message from the scheduler pod; a scheduler that ended (idle) ends its
+    cluster."""
     namespace, name = body["metadata"]["namespace"], res.cluster_id(body)
-    pod = kube.pod(namespace, res.scheduler_name(body))
-    workers = None
-    if pod is not None and pod.status.phase == "Running":
-        host = f"{res.scheduler_name(body)}.{namespace}.svc"
-        workers = fetch_workers(f"http://{host}:{res.DASHBOARD_PORT}/metrics")
-    status = scheduler_status(pod, workers)
+    status = scheduler_status(kube.pod(namespace, res.scheduler_name(body)))
     if status["phase"] == "Ending":
         log.info("the scheduler of %s/%s ended: deleting the cluster", namespace, name)
         kube.delete_cluster(namespace, name)
+    return status
+
+
+def patch_status(kube: Kube, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Write the fields of status that differ from the cluster's."""
     current = body.get("status") or {}
-    if any(current.get(key) != value for key, value in status.items()):
-        kube.patch_status(namespace, name, status)
+    changed = {key: value for key, value in status.items() if current.get(key) != value}
+    if changed:
+        kube.patch_status(body["metadata"]["namespace"], res.cluster_id(body), changed)
 
 
 def stop_scheduler(kube: Kube, body: Mapping[str, Any]) -> None:
@@ -77,10 +76,10 @@ def scheduler_gone(kube: Kube, body: Mapping[str, Any]) -> bool:
     return kube.pod(body["metadata"]["namespace"], res.scheduler_name(body)) is None
 
 
-def remove_jobs(settings: Settings, body: Mapping[str, Any]) -> int:
+def remove_jobs(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> int:
     backend_name = body["spec"]["backend"]
-    backend = backend_for(backend_name, settings.backend_config(backend_name))
-    return backend.remove_jobs(res.cluster_key(body))
+    backend = backend_for(backend_name, settings.backend_config(backend_name), kube.api)
+    return backend.remove_all(res.cluster_key(body))
 
 
 def sweep(kube: Kube, settings: Settings, backends: Iterable[str]) -> dict[str, int]:
@@ -89,7 +88,7 @@ def sweep(kube: Kube, settings: Settings, backends: Iterable[str]) -> dict[str, 
     prefix = f"{settings.namespace}/"
     for name in sorted(set(backends)):
         try:
-            backend = backend_for(name, settings.backend_config(name))
+            backend = backend_for(name, settings.backend_config(name), kube.api)
             jobs = backend.list_all(settings.namespace)
         except Exception:
             # One unreachable batch system must not stop the sweep of the others.
@@ -99,6 +98,6 @@ def sweep(kube: Kube, settings: Settings, backends: Iterable[str]) -> dict[str, 
         live = {res.cluster_key(cluster) for cluster in kube.clusters(settings.namespace)}
         for key in jobs:
             if key.startswith(prefix) and key not in live:
-                removed[key] = backend.remove_jobs(key)
+                removed[key] = backend.remove_all(key)
                 log.info("sweep: removed %d %s jobs of gone %s", removed[key], name, key)
     return removed

@@ -10,38 +10,41 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from facility_client.contract import (
+    DASHBOARD_PORT,
+    ENV_CLUSTER_ID,
+    ENV_CONTACT_ADDRESS,
+    ENV_IDLE_TIMEOUT,
+    ENV_TLS_DIR,
+    ENV_XCACHE,
+    GROUP,
+    KIND,
+    LABEL_CLUSTER,
+    LABEL_COMPONENT,
+    LABEL_EDGE,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_OWNER,
+    MANAGED_BY,
+    PLURAL,
+    SCHEDULER,
+    SCHEDULER_MODULE,
+    SCHEDULER_PORT,
+    TLS_DIR,
+    USER_TOKEN_DIR,
+    USER_TOKEN_KEY,
+    VERSION,
+)
+
 from facility_operator.certs import ClusterIdentity, KeyPair
 from facility_operator.names import user_slug
 from facility_operator.settings import Settings
 
-GROUP = "facility.hep.io"
-VERSION = "v1alpha1"
-PLURAL = "daskclusters"
-KIND = "DaskCluster"
+__all__ = ["GROUP", "KIND", "LABEL_OWNER", "PLURAL", "VERSION"]
 
-LABEL_CLUSTER = f"{GROUP}/cluster"
-LABEL_OWNER = f"{GROUP}/owner"
-LABEL_EDGE = f"{GROUP}/edge"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-MANAGED_BY = "facility-operator"
-SCHEDULER = "dask-scheduler"
-WORKER = "dask-worker"
-
-ANNOTATION_MIN = f"{GROUP}/min-workers"
-ANNOTATION_MAX = f"{GROUP}/max-workers"
-
-SCHEDULER_PORT = 8786
-DASHBOARD_PORT = 8787
-TLS_DIR = "/etc/facility/tls"
-PODINFO_DIR = "/etc/facility/podinfo"
-CONDOR_TOKENS_DIR = "/etc/facility/condor-tokens"
-# The user's bearer token (WLCG/SciTokens, e.g. for XCache), shared by the user's client through
-# the API (PUT /clusters/<id>/token): the scheduler and the Kubernetes backend's workers read it
-# where the WLCG bearer-token discovery looks ($BEARER_TOKEN_FILE). Optional: absent until shared.
-USER_TOKEN_DIR = "/etc/facility/token"
-USER_TOKEN_KEY = "token"
+# The owner's JupyterHub groups when the cluster was made (the user API writes them; users
+# cannot write DaskClusters): the operator's quotas for the workers look them up.
+ANNOTATION_OWNER_GROUPS = f"{GROUP}/owner-groups"
 EDGE_ENTRYPOINT = "websecure"
 
 Body = Mapping[str, Any]
@@ -162,53 +165,46 @@ def user_token_secret(settings: Settings, body: Body, token: str) -> dict[str, A
     }
 
 
-def scale_annotations(spec: Body) -> dict[str, str]:
-    """The scheduler pod's desired scale, which it reads from its downward-API file."""
-    return {ANNOTATION_MIN: str(spec["minWorkers"]), ANNOTATION_MAX: str(spec["maxWorkers"])}
+def owner_groups(body: Body) -> list[str]:
+    """The owner's groups as the user API recorded them (none when it did not)."""
+    text = (body["metadata"].get("annotations") or {}).get(ANNOTATION_OWNER_GROUPS) or "[]"
+    try:
+        groups = json.loads(text)
+    except ValueError:
+        return []
+    return [str(g) for g in groups] if isinstance(groups, list) else []
 
 
-def _environment(settings: Settings, body: Body, image: str) -> list[dict[str, str]]:
-    spec = body["spec"]
-    worker = spec["worker"]
+def scheduler_http_url(settings: Settings, body: Body) -> str:
+    """The scheduler's dashboard (metrics and Dask's HTTP API), as the operator reaches it."""
+    return settings.scheduler_url.format(
+        scheduler=scheduler_name(body),
+        cluster_id=cluster_id(body),
+        namespace=body["metadata"]["namespace"],
+        port=DASHBOARD_PORT,
+    )
+
+
+def _environment(settings: Settings, body: Body) -> list[dict[str, str]]:
     env = {
-        "FACILITY_CLUSTER_ID": cluster_id(body),
-        "FACILITY_NAMESPACE": body["metadata"]["namespace"],
-        "FACILITY_BACKEND": spec["backend"],
-        "FACILITY_CONTACT_ADDRESS": scheduler_address(settings, body),
-        "FACILITY_TLS_DIR": TLS_DIR,
-        "FACILITY_IDLE_TIMEOUT": str(spec["idleTimeout"]),
-        "FACILITY_WORKER_CORES": str(worker["cores"]),
-        "FACILITY_WORKER_MEMORY": worker["memory"],
-        "FACILITY_WORKER_DISK": worker["disk"],
-        "FACILITY_WORKER_IMAGE": image,
-        "FACILITY_BACKEND_CONFIG": json.dumps(settings.backend_config(spec["backend"])),
+        ENV_CLUSTER_ID: cluster_id(body),
+        ENV_CONTACT_ADDRESS: scheduler_address(settings, body),
+        ENV_TLS_DIR: TLS_DIR,
+        ENV_IDLE_TIMEOUT: str(body["spec"]["idleTimeout"]),
         "BEARER_TOKEN_FILE": f"{USER_TOKEN_DIR}/{USER_TOKEN_KEY}",
     }
     if settings.xcache:
-        env["FACILITY_XCACHE"] = settings.xcache
-    if _condor_token_secret(settings, body):
-        # HTCondor reads its configuration from _CONDOR_* variables too.
-        env["_CONDOR_SEC_TOKEN_DIRECTORY"] = CONDOR_TOKENS_DIR
+        env[ENV_XCACHE] = settings.xcache
     return [{"name": name, "value": value} for name, value in env.items()]
 
 
-def _condor_token_secret(settings: Settings, body: Body) -> str:
-    if body["spec"]["backend"] != "htcondor":
-        return ""
-    return str(settings.backends.get("htcondor", {}).get("tokenSecret") or "")
-
-
-def _volumes(settings: Settings, body: Body) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts): the TLS Secret, the pod's own annotations, a writable /tmp."""
+def _volumes(body: Body) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts): the cluster's TLS Secret, the user's token, a writable /tmp. Nothing
+    else: the scheduler runs the user's code, so it holds only what is the user's own."""
     # 0440 with fsGroup 1000: readable by the scheduler's user, which does not own the files.
     secret_mode = 0o440
-    annotations = {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
     volumes: list[dict[str, Any]] = [
         {"name": "tls", "secret": {"secretName": secret_name(body), "defaultMode": secret_mode}},
-        {
-            "name": "podinfo",
-            "downwardAPI": {"items": [annotations]},
-        },
         {"name": "tmp", "emptyDir": {}},
         {
             "name": "user-token",
@@ -221,32 +217,22 @@ def _volumes(settings: Settings, body: Body) -> tuple[list[dict[str, Any]], list
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
-        {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "user-token", "mountPath": USER_TOKEN_DIR, "readOnly": True},
     ]
-    token_secret = _condor_token_secret(settings, body)
-    if token_secret:
-        volumes.append(
-            {"name": "condor-tokens", "secret": {"secretName": token_secret, "defaultMode": 0o440}}
-        )
-        mounts.append({"name": "condor-tokens", "mountPath": CONDOR_TOKENS_DIR, "readOnly": True})
     return volumes, mounts
 
 
 def scheduler_pod(settings: Settings, body: Body) -> dict[str, Any]:
-    """The scheduler: Pod Security "restricted"; a Kubernetes token only for the pod backend."""
-    spec = body["spec"]
-    image = spec["worker"].get("image") or settings.worker_image
-    pod_backend = spec["backend"] == "kubernetes"
-    volumes, mounts = _volumes(settings, body)
-    metadata = _metadata(settings, body, scheduler_name(body), SCHEDULER)
-    metadata["annotations"] = scale_annotations(spec)
+    """The scheduler: Pod Security "restricted", no Kubernetes token, no batch credential."""
+    image = body["spec"]["worker"].get("image") or settings.worker_image
+    volumes, mounts = _volumes(body)
     pod_spec: dict[str, Any] = {
         # Never: when Dask's idle timeout closes the scheduler the pod succeeds, and the
         # operator then deletes the cluster.
         "restartPolicy": "Never",
-        "automountServiceAccountToken": pod_backend,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 1000,
@@ -259,13 +245,18 @@ def scheduler_pod(settings: Settings, body: Body) -> dict[str, Any]:
                 "name": "scheduler",
                 "image": image,
                 "imagePullPolicy": settings.worker_image_pull_policy,
-                "command": ["python", "-m", "facility_client.scheduler"],
-                "env": _environment(settings, body, image),
+                "command": ["python", "-m", SCHEDULER_MODULE],
+                "env": _environment(settings, body),
                 "ports": [
                     {"name": "tls", "containerPort": SCHEDULER_PORT},
                     {"name": "dashboard", "containerPort": DASHBOARD_PORT},
                 ],
-                "readinessProbe": {"tcpSocket": {"port": "tls"}, "periodSeconds": 5},
+                # The dashboard's own health route: a TCP probe of the TLS port would log a
+                # failed handshake at every period.
+                "readinessProbe": {
+                    "httpGet": {"path": "/health", "port": "dashboard"},
+                    "periodSeconds": 5,
+                },
                 "resources": dict(settings.scheduler_resources),
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
@@ -277,10 +268,9 @@ def scheduler_pod(settings: Settings, body: Body) -> dict[str, Any]:
         ],
         "volumes": volumes,
     }
-    if pod_backend:
-        pod_spec["serviceAccountName"] = settings.scheduler_service_account
     if settings.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
+    metadata = _metadata(settings, body, scheduler_name(body), SCHEDULER)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 VALUES_DIR = Path("/etc/facility/values")
+SCHEDULER_URL = "http://{scheduler}.{namespace}.svc:{port}"
 
 
 def _snake_case(key: str) -> str:
@@ -58,7 +59,13 @@ class Settings:
     status_interval: float  # seconds between two status updates of a cluster
     api_port: int
     scheduler_resources: Mapping[str, Any]
-    scheduler_service_account: str  # used by schedulers of the Kubernetes backend only
+    worker_interval: float  # seconds between two looks at a cluster's workers
+    max_start_failures: (
+        int  # workers in a row that end before connecting, then no more (0: no limit)
+    )
+    # The schedulers' dashboards as the operator reaches them: a str.format template of
+    # scheduler, cluster_id, namespace and port (tests point it at a scheduler on loopback).
+    scheduler_url: str
     xcache: str  # root://host:port of the facility's XCache, or "" when it does not run
 
     @property
@@ -111,7 +118,9 @@ class Settings:
             status_interval=float(operator["statusInterval"]),
             api_port=int(operator["apiPort"]),
             scheduler_resources=dict(operator["scheduler"]["resources"]),
-            scheduler_service_account=component_name(release_fullname, "dask-scheduler"),
+            worker_interval=float(operator["workers"]["interval"]),
+            max_start_failures=int(operator["workers"]["maxStartFailures"]),
+            scheduler_url=os.environ.get("FACILITY_SCHEDULER_URL", SCHEDULER_URL),
             xcache=xcache_address,
         )
 

@@ -20,9 +20,14 @@ CORES = (1, 128)
 IMAGE_LENGTH = 512
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 
-CLUSTER_FIELDS = ("backend", "worker", "minWorkers", "maxWorkers", "idleTimeout")
-WORKER_FIELDS = ("cores", "memory", "disk", "image")
-SCALE_FIELDS = ("minWorkers", "maxWorkers")
+GPUS = (0, 16)
+GROUPS = 8
+GROUP_NAME = re.compile(r"^[a-z][a-z0-9]{0,14}$")
+
+CLUSTER_FIELDS = ("backend", "worker", "minWorkers", "maxWorkers", "idleTimeout", "workerGroups")
+WORKER_FIELDS = ("cores", "memory", "disk", "image", "gpus")
+GROUP_FIELDS = ("name", *WORKER_FIELDS, "minWorkers", "maxWorkers")
+SCALE_FIELDS = ("minWorkers", "maxWorkers", "group")
 TOKEN_LENGTH = 16384  # far above any JWT; a Secret holds at most 1 MiB
 
 
@@ -49,23 +54,53 @@ def integer(value: Any, field: str, low: int, high: int, unit: str = "") -> int:
     return value
 
 
-def worker(body: Any) -> dict[str, Any]:
-    given = json_object(body, "worker", WORKER_FIELDS)
+def worker(
+    body: Any, where: str = "worker", allowed: tuple[str, ...] = WORKER_FIELDS
+) -> dict[str, Any]:
+    given = json_object(body, where, allowed)
     out: dict[str, Any] = {}
     if "cores" in given:
-        out["cores"] = integer(given["cores"], "worker.cores", *CORES)
+        out["cores"] = integer(given["cores"], f"{where}.cores", *CORES)
+    if "gpus" in given:
+        out["gpus"] = integer(given["gpus"], f"{where}.gpus", *GPUS)
     for name in ("memory", "disk"):
         if name in given:
             value = given[name]
             if not isinstance(value, str) or not QUANTITY.match(value):
-                raise refuse(f"worker.{name}", f"worker.{name} must be a quantity such as 4Gi")
+                raise refuse(f"{where}.{name}", f"{where}.{name} must be a quantity such as 4Gi")
             out[name] = value
     if "image" in given:
         image = given["image"]
         if not isinstance(image, str) or len(image) > IMAGE_LENGTH:
-            message = f"worker.image must be an image name of at most {IMAGE_LENGTH} characters"
-            raise refuse("worker.image", message)
+            message = f"{where}.image must be an image name of at most {IMAGE_LENGTH} characters"
+            raise refuse(f"{where}.image", message)
         out["image"] = image
+    return out
+
+
+def worker_groups(body: Any) -> list[dict[str, Any]]:
+    """spec.workerGroups: named groups beside the default one, each with its own range."""
+    if not isinstance(body, list) or len(body) > GROUPS:
+        raise refuse("workerGroups", f"workerGroups must be a list of at most {GROUPS} groups")
+    out, seen = [], set()
+    for index, given in enumerate(body):
+        where = f"workerGroups[{index}]"
+        group = worker(given, where, GROUP_FIELDS)
+        name = given.get("name")
+        if not isinstance(name, str) or not GROUP_NAME.match(name) or name == "default":
+            raise refuse(
+                f"{where}.name",
+                f"{where}.name must be 1-15 lower-case letters and digits, starting with a"
+                ' letter, and not "default"',
+            )
+        if name in seen:
+            raise refuse(f"{where}.name", f"{where}.name: two groups are called {name}")
+        seen.add(name)
+        group["name"] = name
+        for key in ("minWorkers", "maxWorkers"):
+            if key in given:
+                group[key] = integer(given[key], f"{where}.{key}", *WORKERS)
+        out.append(group)
     return out
 
 
@@ -91,18 +126,24 @@ def cluster_request(body: Any, settings: Settings) -> dict[str, Any]:
     }
     if "worker" in given:
         spec["worker"] = worker(given["worker"])
+    if "workerGroups" in given:
+        spec["workerGroups"] = worker_groups(given["workerGroups"])
     for name in ("minWorkers", "maxWorkers"):
         if name in given:
             spec[name] = integer(given[name], name, *WORKERS)
     return spec
 
 
-def scale_request(body: Any) -> dict[str, int]:
-    """The minWorkers and maxWorkers that a PATCH body asks for (at least one of them)."""
-    given = json_object(body, None, SCALE_FIELDS)
+def scale_request(body: Any) -> tuple[str | None, dict[str, int]]:
+    """(worker group or None for the default one, the minWorkers and maxWorkers) that a PATCH
+    body asks for (at least one of them)."""
+    given = dict(json_object(body, None, SCALE_FIELDS))
+    group = given.pop("group", None)
+    if group is not None and not isinstance(group, str):
+        raise refuse("group", "group must be the name of one of the cluster's worker groups")
     if not given:
         raise refuse(None, "send minWorkers, maxWorkers or both")
-    return {name: integer(value, name, *WORKERS) for name, value in given.items()}
+    return group, {name: integer(value, name, *WORKERS) for name, value in given.items()}
 
 
 def token_request(body: Any) -> str:

@@ -1,46 +1,53 @@
-"""The SLURM backend, live: the real scheduler program, real SLURM jobs, the real Traefik edge.
+"""The SLURM backend, live: the real operator makes, watches and removes real SLURM jobs whose
+Dask workers reach their real scheduler through the real Traefik edge by SNI.
 
-A one-machine SLURM (tests/integration/slurm.py: munged, slurmctld, slurmd, as root, on
-loopback ports) runs the workers. The scheduler pod's program (`python -m
-facility_client.scheduler`) runs as a process with the contract's environment and a TLS
-identity from facility_operator.certs; Traefik routes `HostSNI(<id>.<domain>)` on its one
-loopback entrypoint to the scheduler's port, with TLS passthrough, as the operator's
-IngressRouteTCP does. The scheduler's own port is given to nobody but Traefik.
+The parts (tests/integration/operator_stack.py): the operator process against the local
+cluster's API server (kwok nodes); each scheduler pod's program run on loopback by
+`SchedulerPods` (kwok runs no container); a one-machine SLURM (tests/integration/slurm.py:
+munged, slurmctld, slurmd, 2 CPUs, 2 GiB); Traefik with the chart's entrypoint, its SNI routes
+from a file. The clusters are DaskCluster objects written here as the user API writes them
+(the API's own tests are tests/integration/test_operator_api.py); a user's client connects
+through the edge with the cluster's credentials, as FacilityCluster does.
 
-Name resolution: no wildcard DNS resolves `<id>.<domain>` here, so the backend's `edge_host`
-is 127.0.0.1: the workers (SLURM jobs on this host) dial Traefik's loopback address and send
-the cluster's name by `dask worker --scheduler-sni`, and the client sets the same SNI
-(`client_security(..., sni=...)`). On the wire that is what a dial of the public name sends.
+No wildcard DNS resolves `<id>.<domain>` here, so the backend's `edgeHost` is 127.0.0.1:
+workers dial Traefik's loopback address and send the cluster's name by
+`dask worker --scheduler-sni`; the client sets the same SNI.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 from distributed import Client
-from facility_client.backends import backend_for
 from facility_client.security import client_security
-from facility_operator.certs import ClusterIdentity
+from facility_operator.backends import backend_for
 
-from tests.conftest import free_port, http_get, tool, wait_for
-from tests.integration.slurm import (
-    SchedulerProgram,
-    SlurmCluster,
-    scheduler_program,
-    slurm_cluster,
-    write_identity,
+from tests.conftest import CHART, free_port, kubectl, wait_for
+from tests.integration import dask_edge
+from tests.integration.operator_stack import (
+    FileEdge,
+    Operator,
+    SchedulerPods,
+    dashboard_forwarder,
+    file_edge,
 )
+from tests.integration.slurm import SlurmCluster, slurm_cluster
 
-NAMESPACE = "t-slurm"
-CLUSTER_ID = "alice-x7k2p"
-KEY = f"{NAMESPACE}/{CLUSTER_ID}"
-DOMAIN = "dask.test"
-SNI = f"{CLUSTER_ID}.{DOMAIN}"
+pytestmark = pytest.mark.cluster
+
+DASK_CLUSTERS = "daskclusters.facility.hep.io"
+QUOTA = 3  # workers and cores of every user (the SLURM node has 2 CPUs: a third job queues)
+WORKER = {"cores": 1, "memory": "256Mi", "disk": "100Mi"}
 
 
 @pytest.fixture(scope="module")
@@ -55,201 +62,411 @@ def slurm(workdir: Path) -> Iterator[SlurmCluster]:
 
 
 @pytest.fixture(scope="module")
-def identity(workdir: Path) -> ClusterIdentity:
-    return write_identity(workdir / "scheduler" / "tls", CLUSTER_ID, SNI)
+def edge(workdir: Path) -> Iterator[FileEdge]:
+    with file_edge(workdir / "edge") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def ports() -> dict[str, int]:
-    return {name: free_port() for name in ("edge", "traefik", "scheduler", "dashboard")}
+def module_namespace(cluster: Path) -> Iterator[str]:
+    name = "t-slurm-workers"
+    kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=true")
+    kubectl("create", "namespace", name)
+    kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
 
 
-def tcp_routers(api_port: int) -> list[str]:
-    """Names of the TCP routers Traefik has enabled (empty while it is not answering)."""
-    status = http_get(f"http://127.0.0.1:{api_port}/api/tcp/routers")
-    if status is None or status[0] != 200:
-        return []
-    return [r["name"] for r in json.loads(status[1]) if r.get("status") == "enabled"]
-
-
-@pytest.fixture(scope="module")
-def edge(workdir: Path, ports: dict[str, int]) -> Iterator[Path]:
-    """Traefik: one TCP router by SNI, TLS passthrough, to the scheduler's loopback port."""
-    routes = workdir / "routes.yaml"
-    router = {
-        "entryPoints": ["websecure"],
-        "rule": f"HostSNI(`{SNI}`)",
-        "service": CLUSTER_ID,
-        "tls": {"passthrough": True},
+def slurm_values(edge: FileEdge, workdir: Path, **backend: Any) -> dict[str, Any]:
+    return {
+        "edge": {"dask": {"domain": dask_edge.DOMAIN}, "service": {"port": edge.edge.port}},
+        "operator": {
+            "backend": "slurm",
+            "statusInterval": 1,
+            "sweepInterval": 5,
+            "workers": {"interval": 1, "maxStartFailures": 3},
+            "quotas": {"default": {"clusters": 10, "workers": QUOTA, "cores": QUOTA}},
+            "backends": {
+                "slurm": {
+                    "edgeHost": "127.0.0.1",
+                    "interface": "lo",
+                    "partition": "debug",
+                    "deathTimeout": 60,
+                    "python": sys.executable,
+                    "logDir": str(workdir),
+                    **backend,
+                }
+            },
+        },
     }
-    service = {"loadBalancer": {"servers": [{"address": f"127.0.0.1:{ports['scheduler']}"}]}}
-    routes.write_text(
-        yaml.safe_dump(
-            {"tcp": {"routers": {CLUSTER_ID: router}, "services": {CLUSTER_ID: service}}}
+
+
+@dataclass
+class Stack:
+    namespace: str
+    operator: Operator
+    pods: SchedulerPods
+    slurm: SlurmCluster
+    edge: FileEdge
+
+
+@pytest.fixture(scope="module")
+def stack(
+    workdir: Path, slurm: SlurmCluster, edge: FileEdge, module_namespace: str
+) -> Iterator[Stack]:
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    kubectl("wait", "--for=condition=Established", f"crd/{DASK_CLUSTERS}")
+    jobs = workdir / "jobs"
+    jobs.mkdir()
+    pods = SchedulerPods(
+        module_namespace, workdir / "schedulers", edge.routes_file(module_namespace)
+    )
+    with pods.run(), dashboard_forwarder(pods) as scheduler_url:
+        operator = Operator(
+            workdir / "operator",
+            module_namespace,
+            slurm_values(edge, jobs),
+            env={**slurm.env, "FACILITY_SCHEDULER_URL": scheduler_url},
         )
-    )
-    log = workdir / "traefik.log"
-    args = [
-        f"--entryPoints.websecure.address=127.0.0.1:{ports['edge']}",
-        f"--entryPoints.traefik.address=127.0.0.1:{ports['traefik']}",
-        f"--providers.file.filename={routes}",
-        "--api.insecure=true",
-        "--api.dashboard=false",
-        # Prometheus metrics, for the count of TCP connections the edge carries.
-        "--metrics.prometheus=true",
-        "--metrics.prometheus.entryPoint=traefik",
-        # No traffic leaves loopback.
-        "--global.checkNewVersion=false",
-        "--global.sendAnonymousUsage=false",
-    ]
-    with log.open("wb") as out:
-        traefik = subprocess.Popen([tool("traefik"), *args], stdout=out, stderr=out)
-    try:
-        wait_for(lambda: tcp_routers(ports["traefik"]), f"Traefik's TCP router (log: {log})", 30)
-        yield log
-    finally:
-        traefik.terminate()
-        traefik.wait(timeout=30)
+        operator.start()
+        try:
+            yield Stack(module_namespace, operator, pods, slurm, edge)
+        finally:
+            kubectl("delete", DASK_CLUSTERS, "--all", "-n", module_namespace, "--timeout=90s")
+            operator.stop()
+            print(operator.log.read_text()[-8000:])
 
 
-def edge_tcp_connections(api_port: int) -> float:
-    """Open TCP connections on the public entrypoint, from Traefik's own metrics."""
-    status = http_get(f"http://127.0.0.1:{api_port}/metrics")
-    assert status is not None
-    assert status[0] == 200
-    for line in status[1].splitlines():
-        if (
-            line.startswith("traefik_open_connections{")
-            and 'entrypoint="websecure"' in line
-            and 'protocol="TCP"' in line
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def make_cluster(stack: Stack, cluster_id: str, **spec: Any) -> str:
+    """A DaskCluster as the user API writes it for alice."""
+    manifest = {
+        "apiVersion": "facility.hep.io/v1alpha1",
+        "kind": "DaskCluster",
+        "metadata": {
+            "name": cluster_id,
+            "namespace": stack.namespace,
+            "labels": {"facility.hep.io/cluster": cluster_id, "facility.hep.io/owner": "alice"},
+            "annotations": {"facility.hep.io/owner-groups": "[]"},
+        },
+        "spec": {"owner": "alice", "backend": "slurm", "worker": WORKER, "idleTimeout": 0} | spec,
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait_for(lambda: stack.pods.dashboard(cluster_id), f"the scheduler of {cluster_id}", 60)
+    wait_for(lambda: stack.edge.serves(cluster_id), f"the edge's route to {cluster_id}", 30)
+    return cluster_id
 
 
-def workers_metric(text: str) -> float:
-    """Connected workers, by the scheduler's Prometheus metrics (summed over their states)."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("dask_scheduler_workers{")
-    )
+def patch_spec(stack: Stack, cluster_id: str, spec: dict[str, Any]) -> None:
+    kubectl(
+        "patch", DASK_CLUSTERS, cluster_id, "-n", stack.namespace, "--type=merge",
+        "-p", json.dumps({"spec": spec}),
+    )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def scheduler(
-    workdir: Path,
-    slurm: SlurmCluster,
-    identity: ClusterIdentity,
-    edge: Path,
-    ports: dict[str, int],
-) -> Iterator[SchedulerProgram]:
-    with scheduler_program(
-        slurm,
-        workdir / "scheduler",
-        cluster_id=CLUSTER_ID,
-        namespace=NAMESPACE,
-        contact_address=f"tls://{SNI}:{ports['edge']}",
-        edge_host="127.0.0.1",
-        port=ports["scheduler"],
-        dashboard_port=ports["dashboard"],
-    ) as program:
-        yield program
+def status(stack: Stack, cluster_id: str) -> dict[str, Any]:
+    done = kubectl("get", DASK_CLUSTERS, cluster_id, "-n", stack.namespace, "-o", "json")
+    return json.loads(done.stdout).get("status") or {}
 
 
-@pytest.fixture(scope="module")
-def client(
-    scheduler: SchedulerProgram, identity: ClusterIdentity, ports: dict[str, int]
-) -> Iterator[Client]:
-    """A user's client, through the edge by SNI (no FacilityCluster: the API is not under test)."""
-    security = client_security(identity.facility_ca, identity.tls_cert, identity.tls_key, SNI)
-    with Client(f"tls://127.0.0.1:{ports['edge']}", security=security, timeout=30) as client:
-        yield client
+def delete(stack: Stack, cluster_id: str) -> None:
+    kubectl("delete", DASK_CLUSTERS, cluster_id, "-n", stack.namespace, "--timeout=90s")
+    wait_for(lambda: not active_jobs(stack.slurm, stack.namespace, cluster_id), "no job left", 60)
 
 
-def cluster_jobs(slurm: SlurmCluster, key: str = KEY) -> list[tuple[str, str, str]]:
-    return [row for row in slurm.squeue() if row[2] == f"facility:{key}"]
+def active_jobs(slurm: SlurmCluster, namespace: str, cluster_id: str | None = None) -> list[str]:
+    """(id) of the cluster's (or the namespace's) jobs that have not ended."""
+    prefix = f"facility:{namespace}/{cluster_id}" if cluster_id else f"facility:{namespace}/"
+    return [
+        job for job, _, comment in slurm.squeue()
+        if (comment == prefix if cluster_id else comment.startswith(prefix))
+    ]  # fmt: skip
+
+
+def job_names(slurm: SlurmCluster, jobs: list[str]) -> dict[str, str]:
+    out = subprocess.run(
+        ["squeue", "--noheader", "--format=%i|%j", "--jobs", ",".join(jobs)],
+        env=slurm.env, check=True, capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    return dict(line.split("|", 1) for line in out.splitlines())
 
 
 def batch_script(slurm: SlurmCluster, job: str) -> str:
     return subprocess.run(
         ["scontrol", "write", "batch_script", job, "-"],
-        env=slurm.env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout
+        env=slurm.env, check=True, capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
 
 
-def test_scale_up_workers_join_through_the_edge(
-    slurm: SlurmCluster, scheduler: SchedulerProgram, client: Client, ports: dict[str, int]
-) -> None:
-    scheduler.scale(2)
-    jobs = wait_for(lambda: len(cluster_jobs(slurm)) == 2 and cluster_jobs(slurm), "2 jobs", 60)
+@contextmanager
+def user_client(stack: Stack, cluster_id: str) -> Iterator[Client]:
+    """alice's client, through the edge by SNI with the cluster's credentials."""
+    done = kubectl("get", "secret", f"{cluster_id}-tls", "-n", stack.namespace, "-o", "json")
+    data = {k: base64.b64decode(v).decode() for k, v in json.loads(done.stdout)["data"].items()}
+    sni = f"{cluster_id}.{dask_edge.DOMAIN}"
+    security = client_security(data["ca.crt"], data["tls.crt"], data["tls.key"], sni)
+    with Client(stack.edge.edge.address, security=security, timeout=30) as client:
+        yield client
 
-    # The workers know only the edge: its address, and the cluster's name as SNI.
-    for job, _, _ in jobs:  # type: ignore[union-attr]
-        script = batch_script(slurm, job)
-        assert f"tls://127.0.0.1:{ports['edge']}" in script
-        assert f"--scheduler-sni {SNI}" in script
-        assert str(ports["scheduler"]) not in script
-        assert "#SBATCH -p debug" in script
-        assert f"#SBATCH --comment=facility:{KEY}" in script
-        assert "#SBATCH --tmp=100M" in script
-        assert "#SBATCH -t " not in script  # no walltime configured: the partition's default
+
+class MostJobs:
+    """The largest number of a namespace's active jobs seen while the block runs."""
+
+    def __init__(self, slurm: SlurmCluster, namespace: str) -> None:
+        self.slurm, self.namespace, self.most = slurm, namespace, 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> MostJobs:
+        def watch() -> None:
+            while not self._stop.is_set():
+                self.most = max(self.most, len(active_jobs(self.slurm, self.namespace)))
+                self._stop.wait(0.2)
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def test_the_operator_makes_the_workers_and_they_join_through_the_edge(stack: Stack) -> None:
+    cluster_id = make_cluster(stack, "alice-join0", minWorkers=2, maxWorkers=2)
+    jobs = wait_for(
+        lambda: len(found := active_jobs(stack.slurm, stack.namespace, cluster_id)) == 2 and found,
+        "2 jobs, submitted by the operator",
+    )
+    names = job_names(stack.slurm, jobs)  # type: ignore[arg-type]
+    assert sorted(names.values()) == [f"{cluster_id}-default-0", f"{cluster_id}-default-1"]
+    key = f"{stack.namespace}/{cluster_id}"
+    for job in jobs:  # type: ignore[union-attr]
+        script = batch_script(stack.slurm, job)
+        # The workers know only the edge: its address, and the cluster's name as SNI.
+        assert f"tls://127.0.0.1:{stack.edge.edge.port}" in script
+        assert f"--scheduler-sni {cluster_id}.{dask_edge.DOMAIN}" in script
+        assert f"#SBATCH --comment=facility:{key}" in script
+        assert "#SBATCH --cpus-per-task=1" in script
+        assert "#SBATCH --mem=256M" in script
+        assert "#SBATCH --partition=debug" in script
+        assert "#SBATCH --time" not in script  # no walltime configured: the partition's default
+        assert f"#SBATCH --job-name={names[job]}" in script
         # The TLS files come in the script itself (no shared file system), for the job alone.
         assert "umask 077" in script
         assert "--tls-ca-file $FACILITY_TLS/cluster-ca.crt" in script
+        assert f"--name {names[job]}" in script
 
-    client.wait_for_workers(2, timeout=120)
-    # Each worker keeps its connection to the scheduler open, and so does the client: all
-    # through Traefik's one entrypoint.
-    assert edge_tcp_connections(ports["traefik"]) >= 3
-
-    assert client.submit(sum, range(100)).result(timeout=60) == 4950
-    futures = client.map(lambda x: x * x, range(20))
-    assert client.submit(sum, futures).result(timeout=60) == sum(x * x for x in range(20))
-
-    # The operator reads the worker count from the dashboard's Prometheus metrics.
-    metrics = http_get(f"http://127.0.0.1:{ports['dashboard']}/metrics")
-    assert metrics is not None
-    assert metrics[0] == 200
-    assert workers_metric(metrics[1]) == 2
-
-
-def test_a_killed_worker_is_replaced_and_the_result_is_right(
-    slurm: SlurmCluster, scheduler: SchedulerProgram, client: Client
-) -> None:
-    client.wait_for_workers(2, timeout=120)
-    before = {job for job, _, _ in cluster_jobs(slurm)}
-    # Work that takes a while, so that a job dies in the middle of it. A lambda: cloudpickle
-    # sends it by value (the scheduler cannot import this test module).
-    futures = client.map(lambda x: (__import__("time").sleep(0.5), x * x)[1], range(40))
-    wait_for(lambda: sum(f.done() for f in futures) >= 4, "the computation under way", 60)
-    victim = sorted(before)[0]
-    subprocess.run(["scancel", victim], env=slurm.env, check=True, timeout=30)
-
-    assert client.submit(sum, futures).result(timeout=120) == sum(x * x for x in range(40))
-    # The scheduler starts a job in place of the lost one: two again, one of them new.
+    with user_client(stack, cluster_id) as client:
+        client.wait_for_workers(2, timeout=120)
+        assert sorted(w["name"] for w in client.scheduler_info()["workers"].values()) == sorted(
+            names.values()
+        )
+        assert client.submit(sum, range(100)).result(timeout=60) == 4950
     wait_for(
-        lambda: len(now := {job for job, _, _ in cluster_jobs(slurm)}) == 2 and now != before,
-        "a replacement job",
+        lambda: status(stack, cluster_id).get("workerStates", {}).get("connected") == 2,
+        "the status to count 2 connected workers",
+    )
+    assert status(stack, cluster_id)["workers"] == 2
+    delete(stack, cluster_id)
+
+
+def test_killed_and_restarted_workers_are_replaced_and_the_result_is_right(stack: Stack) -> None:
+    cluster_id = make_cluster(stack, "alice-kill0", minWorkers=2, maxWorkers=2)
+    with user_client(stack, cluster_id) as client:
+        client.wait_for_workers(2, timeout=120)
+        before = set(active_jobs(stack.slurm, stack.namespace, cluster_id))
+        # Work that takes a while, so that a job dies in the middle of it. A lambda: cloudpickle
+        # sends it by value (the workers cannot import this test module).
+        futures = client.map(lambda x: (__import__("time").sleep(0.5), x * x)[1], range(40))
+        wait_for(lambda: sum(f.done() for f in futures) >= 4, "the computation under way")
+        victim = sorted(before)[0]
+        subprocess.run(["scancel", victim], env=stack.slurm.env, check=True, timeout=30)
+        assert client.submit(sum, futures).result(timeout=180) == sum(x * x for x in range(40))
+        wait_for(
+            lambda: (
+                len(now := set(active_jobs(stack.slurm, stack.namespace, cluster_id))) == 2
+                and victim not in now
+            ),
+            "a replacement job, made by the operator",
+        )
+        client.wait_for_workers(2, timeout=120)
+
+        # client.restart(): the workers (no Nanny) close; the operator brings the cluster back.
+        first = set(active_jobs(stack.slurm, stack.namespace, cluster_id))
+        client.restart(timeout=60, wait_for_workers=False)
+        wait_for(
+            lambda: (
+                len(now := set(active_jobs(stack.slurm, stack.namespace, cluster_id))) == 2
+                and not now & first
+            ),
+            "two new jobs after client.restart()",
+        )
+        client.wait_for_workers(2, timeout=120)
+        assert client.submit(sum, range(10)).result(timeout=60) == 45
+    delete(stack, cluster_id)
+
+
+def test_scale_down_retires_workers_before_their_jobs_go(stack: Stack) -> None:
+    cluster_id = make_cluster(stack, "alice-down0", minWorkers=2, maxWorkers=2)
+    with user_client(stack, cluster_id) as client:
+        client.wait_for_workers(2, timeout=120)
+        workers = list(client.scheduler_info()["workers"])
+        # Scattered data has no lineage: a worker killed with it would lose it for good.
+        pieces = [
+            client.scatter(list(range(i, i + 100)), workers=[w]) for i, w in enumerate(workers)
+        ]
+        patch_spec(stack, cluster_id, {"minWorkers": 1, "maxWorkers": 1})
+        wait_for(
+            lambda: len(active_jobs(stack.slurm, stack.namespace, cluster_id)) == 1,
+            "one job left",
+        )
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert [sum(p) for p in client.gather(pieces)] == [sum(range(i, i + 100)) for i in range(2)]
+    delete(stack, cluster_id)
+
+
+def test_adapt_stays_within_max_whatever_the_scheduler_asks(stack: Stack) -> None:
+    cluster_id = make_cluster(stack, "alice-adapt", minWorkers=0, maxWorkers=0)
+    with MostJobs(stack.slurm, stack.namespace) as seen, user_client(stack, cluster_id) as client:
+        # The user's code runs in the scheduler: it may claim any target it likes.
+        client.run_on_scheduler(
+            lambda dask_scheduler: setattr(dask_scheduler, "adaptive_target", lambda *a, **k: 50)
+        )
+        patch_spec(stack, cluster_id, {"minWorkers": 0, "maxWorkers": 2})
+        held = wait_for(
+            lambda: "maxWorkers" in (s := status(stack, cluster_id)).get("heldBack", "") and s,
+            "the status to say that maxWorkers holds the cluster back",
+        )
+        assert "50" in held["heldBack"]  # type: ignore[index]
+        client.wait_for_workers(2, timeout=120)
+    assert seen.most == 2
+    delete(stack, cluster_id)
+
+
+def test_quotas_hold_over_all_of_a_users_clusters(stack: Stack) -> None:
+    """Spec patches straight to the API server (past what the user API would allow): the
+    operator still starts no worker past the owner's quota, counted as the workers exist."""
+    with MostJobs(stack.slurm, stack.namespace) as seen:
+        first = make_cluster(stack, "alice-quota", minWorkers=2, maxWorkers=2)
+        wait_for(lambda: len(active_jobs(stack.slurm, stack.namespace, first)) == 2, "2 jobs")
+        second = make_cluster(stack, "alice-quotb", minWorkers=5, maxWorkers=5)
+        held = wait_for(
+            lambda: (s := status(stack, second)).get("heldBack") and s, "the second held back"
+        )
+        assert "operator.quotas.default.workers" in held["heldBack"]  # type: ignore[index]
+        assert "1 of 5" in held["heldBack"]  # type: ignore[index]
+        assert len(active_jobs(stack.slurm, stack.namespace, second)) == 1
+        # From inside the second cluster's scheduler: no way past the quota either.
+        with user_client(stack, second) as client:
+            client.run_on_scheduler(
+                lambda dask_scheduler: setattr(
+                    dask_scheduler, "adaptive_target", lambda *a, **k: 99
+                )
+            )
+            patch_spec(stack, second, {"minWorkers": 0, "maxWorkers": 10})
+            wait_for(
+                lambda: "quota" in status(stack, second).get("heldBack", ""),
+                "the adaptive cluster held back by the quota",
+            )
+        delete(stack, second)
+        delete(stack, first)
+    assert seen.most == QUOTA
+
+
+def test_two_worker_groups(stack: Stack) -> None:
+    cluster_id = make_cluster(
+        stack, "alice-group", minWorkers=1, maxWorkers=1,
+        workerGroups=[
+            {"name": "big", "cores": 1, "memory": "300Mi", "disk": "100Mi", "minWorkers": 1,
+             "maxWorkers": 1}
+        ],
+    )  # fmt: skip
+    with user_client(stack, cluster_id) as client:
+        client.wait_for_workers(2, timeout=120)
+        names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
+    assert [n.rsplit("-", 1)[0] for n in names] == [f"{cluster_id}-big", f"{cluster_id}-default"]
+    jobs = job_names(stack.slurm, active_jobs(stack.slurm, stack.namespace, cluster_id))
+    scripts = {name: batch_script(stack.slurm, job) for job, name in jobs.items()}
+    big = next(text for name, text in scripts.items() if "-big-" in name)
+    assert "#SBATCH --mem=300M" in big
+    delete(stack, cluster_id)
+
+
+def test_operator_killed_in_a_scale_up_makes_no_duplicate(stack: Stack) -> None:
+    cluster_id = make_cluster(stack, "alice-crash", minWorkers=0, maxWorkers=0)
+    patch_spec(stack, cluster_id, {"minWorkers": 2, "maxWorkers": 2})
+    wait_for(lambda: active_jobs(stack.slurm, stack.namespace, cluster_id), "the first job", 30)
+    stack.operator.kill()
+    stack.operator.start()
+    with user_client(stack, cluster_id) as client:
+        client.wait_for_workers(2, timeout=120)
+    jobs = active_jobs(stack.slurm, stack.namespace, cluster_id)
+    assert len(jobs) == 2
+    assert len(set(job_names(stack.slurm, jobs).values())) == 2
+    delete(stack, cluster_id)
+
+
+def test_idle_timeout_ends_the_cluster_and_its_jobs(stack: Stack) -> None:
+    cluster_id = make_cluster(stack, "alice-idle0", minWorkers=1, maxWorkers=1, idleTimeout=5)
+    wait_for(lambda: active_jobs(stack.slurm, stack.namespace, cluster_id), "the job")
+    wait_for(
+        lambda: (
+            kubectl(
+                "get", DASK_CLUSTERS, cluster_id, "-n", stack.namespace, "--ignore-not-found"
+            ).stdout
+            == ""
+        ),
+        "the idle cluster to be deleted by the operator",
         120,
     )
-    assert victim not in {job for job, _, _ in cluster_jobs(slurm)}
-    client.wait_for_workers(2, timeout=120)
+    wait_for(lambda: not active_jobs(stack.slurm, stack.namespace, cluster_id), "no job left")
 
 
-def test_scale_to_zero_removes_the_jobs(
-    slurm: SlurmCluster, scheduler: SchedulerProgram, client: Client
+def test_workers_failing_before_they_connect_are_reported_then_stopped(
+    workdir: Path, slurm: SlurmCluster, edge: FileEdge, namespace: str
 ) -> None:
-    scheduler.scale(0)
-    wait_for(lambda: not cluster_jobs(slurm), "the cluster's jobs to go", 60)
-    wait_for(lambda: not client.scheduler_info()["workers"], "the workers to leave", 60)
+    """A worker command that cannot run (exit code 127): the reason and the end of the job's
+    output reach the cluster's status, and after maxStartFailures the operator stops trying."""
+    jobs = workdir / "broken-jobs"
+    jobs.mkdir()
+    operator = Operator(
+        workdir / "broken-operator", namespace,
+        slurm_values(edge, jobs, python="/nonexistent/python3"), env=slurm.env,
+    )  # fmt: skip
+    operator.start()
+    try:
+        stack = Stack(namespace, operator, SchedulerPods(namespace, workdir, workdir), slurm, edge)
+        manifest_id = "alice-broke"
+        kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "facility.hep.io/v1alpha1", "kind": "DaskCluster",
+            "metadata": {"name": manifest_id, "namespace": namespace,
+                         "labels": {"facility.hep.io/owner": "alice"}},
+            "spec": {"owner": "alice", "backend": "slurm", "worker": WORKER,
+                     "minWorkers": 1, "maxWorkers": 1, "idleTimeout": 0},
+        }))  # fmt: skip
+        stopped = wait_for(
+            lambda: (
+                (s := status(stack, manifest_id)).get("startFailures", 0) >= 3
+                and "before they connected" in s.get("heldBack", "")
+                and s
+            ),
+            "three failed starts, then none",
+            180,
+        )
+        failure = stopped["recentFailures"][-1]  # type: ignore[index]
+        assert failure["state"] == "failed"
+        assert "exit code 127" in failure["reason"]
+        assert "/nonexistent/python3" in failure["log"]
+        assert not active_jobs(slurm, namespace, manifest_id)
+        # A new size is a new chance.
+        patch_spec(stack, manifest_id, {"minWorkers": 2, "maxWorkers": 2})
+        wait_for(lambda: status(stack, manifest_id).get("startFailures", 3) < 3, "a new chance")
+        kubectl("delete", DASK_CLUSTERS, manifest_id, "-n", namespace, "--timeout=90s")
+    finally:
+        operator.stop()
+        print(operator.log.read_text()[-6000:])
 
 
-def test_remove_jobs_removes_one_cluster_only(
+def test_remove_all_removes_one_cluster_only(
     slurm: SlurmCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
@@ -257,62 +474,17 @@ def test_remove_jobs_removes_one_cluster_only(
     mine, other = "t-slurm/bob-aaaaa", "t-other/bob-aaaaa"
     for key in (mine, mine, other):
         subprocess.run(
-            [
-                "sbatch",
-                f"--comment=facility:{key}",
-                "--mem=8M",
-                "--output=/dev/null",
-                "--wrap",
-                "sleep 600",
-            ],
-            env=slurm.env,
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-    assert len(backend.list_jobs(mine)) == 2
+            ["sbatch", f"--comment=facility:{key}", "--mem=8M", "--output=/dev/null",
+             "--job-name=bob-aaaaa-default-0", "--wrap", "sleep 600"],
+            env=slurm.env, check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+    assert len(backend.jobs(mine)) == 2
     # The sweep lists one namespace: another facility's jobs on the same batch system stay.
     assert {key: len(jobs) for key, jobs in backend.list_all("t-slurm").items()} == {mine: 2}
     assert {key: len(jobs) for key, jobs in backend.list_all("t-other").items()} == {other: 1}
 
-    assert backend.remove_jobs(mine) == 2
-    wait_for(lambda: not cluster_jobs(slurm, mine), "the jobs of one cluster to go", 30)
-    assert len(backend.list_jobs(other)) == 1
-
-    assert backend.remove_jobs(other) == 1
+    assert backend.remove_all(mine) == 2
+    wait_for(lambda: not backend.list_all("t-slurm"), "the jobs of one cluster to go", 30)
+    assert len(backend.list_all("t-other")[other]) == 1
+    assert backend.remove_all(other) == 1
     wait_for(lambda: not slurm.squeue(), "every job to go", 30)
-
-
-def test_sigterm_removes_the_jobs_and_exits_0(
-    slurm: SlurmCluster, scheduler: SchedulerProgram, client: Client
-) -> None:
-    scheduler.scale(1)
-    client.wait_for_workers(1, timeout=120)
-    assert len(cluster_jobs(slurm)) == 1
-
-    assert scheduler.stop() == 0, scheduler.log.read_text()[-3000:]
-    wait_for(lambda: not cluster_jobs(slurm), "the cluster's jobs to go", 30)
-
-
-def test_idle_timeout_ends_the_cluster(slurm: SlurmCluster, workdir: Path) -> None:
-    """Dask's idle timeout closes the scheduler: the program removes the jobs and exits 0."""
-    cluster_id = "alice-idle0"
-    directory = workdir / cluster_id
-    write_identity(directory / "tls", cluster_id, f"{cluster_id}.{DOMAIN}")
-    port = free_port()
-    with scheduler_program(
-        slurm,
-        directory,
-        cluster_id=cluster_id,
-        namespace=NAMESPACE,
-        # No edge here: the contact port is the scheduler's own.
-        contact_address=f"tls://{cluster_id}.{DOMAIN}:{port}",
-        edge_host="127.0.0.1",
-        port=port,
-        dashboard_port=free_port(),
-        idle_timeout=5,
-    ) as program:
-        program.scale(1)
-        wait_for(lambda: cluster_jobs(slurm, f"{NAMESPACE}/{cluster_id}"), "the job", 60)
-        assert program.process.wait(timeout=90) == 0, program.log.read_text()[-3000:]
-    wait_for(lambda: not cluster_jobs(slurm, f"{NAMESPACE}/{cluster_id}"), "the job to go", 30)

@@ -1,18 +1,17 @@
 """The DaskCluster operator (`python -m facility_operator`) against the local cluster's real API
-server, with the Kubernetes backend. kwok simulates the pods: it marks them Running, no
-container runs, so the scheduler's metrics are never reachable and the tests play the part of
-the scheduler's worker pods and of its end (a pod status patched to Succeeded)."""
+server, with the Kubernetes backend. kwok simulates the pods: it marks them Running and runs no
+container. Each scheduler pod's program runs on loopback instead (tests/integration/
+operator_stack.py, `SchedulerPods`), so the operator asks a real Dask scheduler; the worker pods
+the operator makes never run a worker, so they never connect (the live workers are
+tests/integration/test_backend_slurm.py). Where a test needs a scheduler's end, it patches the
+pod's status to Succeeded, as the kubelet would report it."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,10 @@ import pytest
 import yaml
 from cryptography import x509
 from distributed import LocalCluster
-from facility_operator.status import fetch_workers
 from kubernetes import client, config, watch
 
-from tests.conftest import (
-    CHART,
-    KUBECONFIG,
-    ROOT,
-    helm,
-    http_get,
-    kubectl,
-    merge_values,
-    wait_for,
-)
+from tests.conftest import CHART, KUBECONFIG, free_port, helm, kubectl, merge_values, wait_for
+from tests.integration.operator_stack import Operator, SchedulerPods, dashboard_forwarder
 
 pytestmark = pytest.mark.cluster
 
@@ -48,21 +38,6 @@ WORKER_LABELS = {
 }
 
 
-def listening_ports(count: int) -> list[int]:
-    """Free ports in 20000-20999, the range these tests may listen on."""
-    found = []
-    for port in range(20000 + os.getpid() % 500, 21000):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise RuntimeError("no free ports in 20000-20999")
-
-
 @pytest.fixture(scope="module")
 def crds(cluster: Path) -> None:
     kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
@@ -74,85 +49,49 @@ def api(cluster: Path) -> client.ApiClient:
     return config.new_client_from_config(str(KUBECONFIG))
 
 
-class Operator:
-    """One `python -m facility_operator` process for one namespace; its log on failure."""
-
-    def __init__(self, workdir: Path, namespace: str, kubeconfig: Path = KUBECONFIG) -> None:
-        self.namespace = namespace
-        self.log = workdir / "operator.log"
-        api_port, health_port = listening_ports(2)
-        values = merge_values(
-            yaml.safe_load((CHART / "values.yaml").read_text()),
+def operator_values(**operator: Any) -> dict[str, Any]:
+    return {
+        "edge": {"dask": {"domain": DOMAIN}},
+        "operator": merge_values(
             {
-                "edge": {"dask": {"domain": DOMAIN}},
-                "operator": {
-                    "backend": "kubernetes",
-                    "statusInterval": 1,
-                    "sweepInterval": 2,
-                    "apiPort": api_port,
-                },
+                "backend": "kubernetes",
+                "statusInterval": 1,
+                "sweepInterval": 2,
+                "workers": {"interval": 1},
             },
-        )
-        config_dir = workdir / "values"
-        config_dir.mkdir(exist_ok=True)
-        (config_dir / "values.yaml").write_text(yaml.safe_dump(values))
-        (config_dir / "release.yaml").write_text(yaml.safe_dump({"name": FULLNAME}))
-        self.health = f"http://127.0.0.1:{health_port}/healthz"
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "FACILITY_VALUES_DIR": str(config_dir),
-            "FACILITY_FULLNAME": FULLNAME,
-            "FACILITY_NAMESPACE": namespace,
-            "FACILITY_LIVENESS_URL": self.health,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
+            operator,
+        ),
+    }
 
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "facility_operator"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: self.alive() and http_get(self.health), "the operator's health endpoint")
 
-    def alive(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            pytest.fail(f"the operator is not running:\n{self.log.read_text()[-4000:]}")
-        return True
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no last patch; as a node loss or an OOM kill."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+@contextmanager
+def running_operator(
+    namespace: str, workdir: Path, kubeconfig: Path = KUBECONFIG, **operator: Any
+) -> Iterator[Operator]:
+    """The operator and a real scheduler program for each of its scheduler pods."""
+    pods = SchedulerPods(namespace, workdir / "schedulers", workdir / "routes.yaml")
+    with pods.run(), dashboard_forwarder(pods) as scheduler_url:
+        running = Operator(
+            workdir, namespace, operator_values(**operator), fullname=FULLNAME,
+            kubeconfig=kubeconfig, env={"FACILITY_SCHEDULER_URL": scheduler_url},
+        )  # fmt: skip
+        running.start()
+        try:
+            yield running
+        finally:
+            # The clusters go while the operator runs: their finalizer would hold the namespace.
+            if running.process is not None and running.process.poll() is None:
+                kubectl("delete", DASK_CLUSTERS, "--all", "-n", namespace, "--timeout=60s",
+                        check=False)  # fmt: skip
+            running.stop()
+            # pytest shows this only when the test fails.
+            print(running.log.read_text()[-8000:])
 
 
 @pytest.fixture
 def operator(crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    # The scheduler pods of the Kubernetes backend run as the chart's ServiceAccount.
-    kubectl("create", "serviceaccount", f"{FULLNAME}-dask-scheduler", "-n", namespace)
-    running = Operator(tmp_path, namespace)
-    running.start()
-    yield running
-    # The clusters go while the operator runs: their finalizer would hold the namespace.
-    if running.process is not None and running.process.poll() is None:
-        kubectl("delete", DASK_CLUSTERS, "--all", "-n", namespace, "--timeout=60s")
-    running.stop()
-    # pytest shows this only when the test fails.
-    print(running.log.read_text()[-8000:])
+    with running_operator(namespace, tmp_path) as running:
+        yield running
 
 
 def get(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
@@ -174,7 +113,7 @@ def dask_cluster(namespace: str, name: str = CLUSTER, **spec: Any) -> str:
             "namespace": namespace,
             "labels": {"facility.hep.io/cluster": name, "facility.hep.io/owner": "alice"},
         },
-        "spec": {"owner": "alice", "backend": "kubernetes", "minWorkers": 1, "maxWorkers": 2}
+        "spec": {"owner": "alice", "backend": "kubernetes", "minWorkers": 0, "maxWorkers": 0}
         | spec,
     }
     kubectl("apply", "-f", "-", input=json.dumps(manifest))
@@ -320,51 +259,84 @@ def test_killed_operator_restarts_without_duplicates_and_keeps_the_ca(
             assert now["metadata"]["uid"] == obj["metadata"]["uid"], kind
 
 
-def test_scale_patches_the_scheduler_pods_annotations(operator: Operator, namespace: str) -> None:
-    dask_cluster(namespace)
-    wait_for(all_objects(namespace), "the cluster's four objects")
+def worker_pods(namespace: str) -> dict[str, dict[str, Any]]:
+    done = kubectl("get", "pods", "-n", namespace, "-o", "json", "-l",
+                   f"{CLUSTER_LABEL},app.kubernetes.io/component=dask-worker")  # fmt: skip
+    return {
+        pod["metadata"]["name"]: pod
+        for pod in json.loads(done.stdout)["items"]
+        if not pod["metadata"].get("deletionTimestamp")
+    }
+
+
+def scale(namespace: str, minimum: int, maximum: int | None = None) -> None:
     kubectl(
         "patch", DASK_CLUSTERS, CLUSTER, "-n", namespace, "--type=merge",
-        "-p", json.dumps({"spec": {"minWorkers": 3, "maxWorkers": 7}}),
+        "-p", json.dumps({"spec": {"minWorkers": minimum, "maxWorkers": maximum or minimum}}),
     )  # fmt: skip
 
-    def scaled() -> bool:
-        pod = get(namespace, "pod", f"{CLUSTER}-scheduler") or {"metadata": {}}
-        annotations = pod["metadata"].get("annotations", {})
-        return (
-            annotations.get("facility.hep.io/min-workers") == "3"
-            and annotations.get("facility.hep.io/max-workers") == "7"
-        )
 
-    wait_for(scaled, "the scheduler pod's annotations at min 3, max 7")
+def cluster_status(namespace: str) -> dict[str, Any]:
+    return (get(namespace, DASK_CLUSTERS, CLUSTER) or {}).get("status", {})
 
 
-def scale_annotations(namespace: str) -> tuple[str | None, str | None]:
-    pod = get(namespace, "pod", f"{CLUSTER}-scheduler") or {"metadata": {}}
-    annotations = pod["metadata"].get("annotations", {})
-    return annotations.get("facility.hep.io/min-workers"), annotations.get(
-        "facility.hep.io/max-workers"
+def test_the_operator_makes_and_removes_the_worker_pods(operator: Operator, namespace: str) -> None:
+    dask_cluster(namespace, minWorkers=0, maxWorkers=0)
+    wait_for(all_objects(namespace), "the cluster's four objects")
+    owner = get(namespace, DASK_CLUSTERS, CLUSTER)
+    assert owner is not None
+    scale(namespace, 3)
+    pods = wait_for(lambda: len(found := worker_pods(namespace)) == 3 and found, "3 worker pods")
+    assert sorted(pods) == [f"{CLUSTER}-default-{n}" for n in range(3)]  # type: ignore[arg-type]
+    for pod in pods.values():  # type: ignore[union-attr]
+        (ref,) = pod["metadata"]["ownerReferences"]
+        assert ref["uid"] == owner["metadata"]["uid"]
+        assert pod["metadata"]["labels"]["facility.hep.io/worker-group"] == "default"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+    # The scheduler knows none of them (kwok runs no worker): scaling down removes them at once.
+    scale(namespace, 1)
+    wait_for(lambda: sorted(worker_pods(namespace)) == [f"{CLUSTER}-default-0"], "1 worker pod")
+    wait_for(
+        lambda: cluster_status(namespace).get("workerStates") == {"pending": 0, "starting": 1,
+                                                                  "connected": 0},
+        "the status to count one starting worker",
+    )  # fmt: skip
+
+
+def test_a_worker_that_cannot_be_scheduled_says_why(operator: Operator, namespace: str) -> None:
+    dask_cluster(namespace, minWorkers=1, maxWorkers=1,
+                 worker={"cores": 64, "memory": "2Gi", "disk": "1Gi"})  # fmt: skip
+    wait_for(
+        lambda: "Insufficient cpu" in cluster_status(namespace).get("message", ""),
+        "the status to name the scheduler's reason (kwok's nodes have 16 CPUs)",
     )
+    assert cluster_status(namespace)["workerStates"]["pending"] == 1
+
+
+def test_quotas_hold_for_worker_pods(crds: None, namespace: str, tmp_path: Path) -> None:
+    quotas = {"default": {"clusters": 5, "workers": 2, "cores": 100}}
+    with running_operator(namespace, tmp_path, quotas=quotas):
+        dask_cluster(namespace, minWorkers=4, maxWorkers=4)
+        held = wait_for(lambda: (s := cluster_status(namespace)).get("heldBack") and s, "held back")
+        assert "operator.quotas.default.workers" in held["heldBack"]  # type: ignore[index]
+        assert len(worker_pods(namespace)) == 2
 
 
 def test_operator_killed_in_a_scale_up_applies_it_after_restart(
     operator: Operator, namespace: str
 ) -> None:
-    """A scale-up asked while the operator is down (SIGKILL, then the patch) reaches the
-    scheduler when the operator comes back: the restart resumes from the spec, not from events
-    it missed, and makes no second scheduler."""
-    dask_cluster(namespace)
+    """A scale-up asked while the operator is down (SIGKILL, then the patch) is made when the
+    operator comes back: the restart resumes from the spec, not from events it missed, and makes
+    no second scheduler and no duplicate worker."""
+    dask_cluster(namespace, minWorkers=1, maxWorkers=1)
     wait_for(all_objects(namespace), "the cluster's four objects")
+    wait_for(lambda: len(worker_pods(namespace)) == 1, "1 worker pod")
     scheduler_uid = get(namespace, "pod", f"{CLUSTER}-scheduler")["metadata"]["uid"]  # type: ignore[index]
     operator.kill()
-    kubectl(
-        "patch", DASK_CLUSTERS, CLUSTER, "-n", namespace, "--type=merge",
-        "-p", json.dumps({"spec": {"minWorkers": 4, "maxWorkers": 4}}),
-    )  # fmt: skip
-    assert scale_annotations(namespace) != ("4", "4")
+    scale(namespace, 4)
     operator.start()
-    wait_for(lambda: scale_annotations(namespace) == ("4", "4"), "the scale-up after the restart")
-    assert names(namespace, "pod") == [f"{CLUSTER}-scheduler"]
+    wait_for(lambda: len(worker_pods(namespace)) == 4, "4 worker pods after the restart")
+    assert sorted(worker_pods(namespace)) == [f"{CLUSTER}-default-{n}" for n in range(4)]
     pod = get(namespace, "pod", f"{CLUSTER}-scheduler")
     assert pod is not None
     assert pod["metadata"]["uid"] == scheduler_uid
@@ -373,19 +345,16 @@ def test_operator_killed_in_a_scale_up_applies_it_after_restart(
 def test_delete_removes_worker_pods_then_everything_goes(
     operator: Operator, namespace: str
 ) -> None:
-    dask_cluster(namespace)
+    dask_cluster(namespace, minWorkers=1, maxWorkers=1)
     wait_for(all_objects(namespace), "the cluster's four objects")
-    worker_pod(namespace, f"{CLUSTER}-worker-0", CLUSTER)
+    wait_for(lambda: len(worker_pods(namespace)) == 1, "the worker pod")
     cluster = get(namespace, DASK_CLUSTERS, CLUSTER)
     assert cluster is not None
     assert "facility.hep.io/batch-jobs" in cluster["metadata"]["finalizers"]
 
     kubectl("delete", DASK_CLUSTERS, CLUSTER, "-n", namespace, "--wait=false")
     wait_for(lambda: get(namespace, DASK_CLUSTERS, CLUSTER) is None, "the DaskCluster to go")
-    wait_for(
-        lambda: get(namespace, "pod", f"{CLUSTER}-worker-0") is None,
-        "the finalizer to remove the worker pod",
-    )
+    wait_for(lambda: not worker_pods(namespace), "the worker pods to go")
     wait_for(
         lambda: not any(get(namespace, kind, name) for kind, name in OBJECTS.items()),
         "the garbage collector to remove the cluster's objects",
@@ -393,17 +362,18 @@ def test_delete_removes_worker_pods_then_everything_goes(
 
 
 def test_sweep_removes_worker_pods_of_gone_clusters(operator: Operator, namespace: str) -> None:
-    dask_cluster(namespace)
-    wait_for(all_objects(namespace), "the cluster's four objects")
+    dask_cluster(namespace, minWorkers=1, maxWorkers=1)
+    (mine,) = wait_for(lambda: worker_pods(namespace), "the cluster's worker pod").values()  # type: ignore[union-attr]
+    # Not owned by any DaskCluster: only the sweep (not the garbage collector) can remove it.
     worker_pod(namespace, "gone-worker-0", "alice-gone0")
-    worker_pod(namespace, f"{CLUSTER}-worker-0", CLUSTER)
     wait_for(
         lambda: get(namespace, "pod", "gone-worker-0") is None,
         "the sweep to remove the worker of a cluster that does not exist",
         timeout=30,
     )
     # The live cluster's worker stays.
-    assert get(namespace, "pod", f"{CLUSTER}-worker-0") is not None
+    (still,) = worker_pods(namespace).values()
+    assert still["metadata"]["uid"] == mine["metadata"]["uid"]
 
 
 def test_scheduler_that_ended_ends_its_cluster(operator: Operator, namespace: str) -> None:
@@ -425,14 +395,39 @@ def test_scheduler_that_ended_ends_its_cluster(operator: Operator, namespace: st
     )
 
 
-def test_workers_are_read_from_a_real_schedulers_metrics() -> None:
-    """What the status daemon reads: the Prometheus metrics of a real Dask scheduler."""
-    (port,) = listening_ports(1)
-    url = f"http://127.0.0.1:{port}/metrics"
-    # In-process workers (no ports); the dashboard, which serves /metrics, on loopback.
-    with LocalCluster(n_workers=2, processes=False, dashboard_address=f"127.0.0.1:{port}"):
-        wait_for(lambda: fetch_workers(url) == 2, "the scheduler's metrics to count 2 workers")
-    assert fetch_workers(url) is None  # gone: unknown, not 0
+def test_the_operator_asks_a_real_scheduler_through_dasks_http_api() -> None:
+    """What the controller reads and asks: Dask's own HTTP API, as the scheduler program
+    enables it (facility_client.scheduler.http_routes)."""
+    import asyncio
+
+    import aiohttp
+    import dask
+    from facility_client.scheduler import http_routes
+    from facility_operator.scheduler_api import SchedulerAPI
+
+    port = free_port()
+
+    async def scenario() -> None:
+        with dask.config.set({"distributed.scheduler.http.routes": http_routes()}):
+            cluster = await LocalCluster(
+                n_workers=2, processes=False, dashboard_address=f"127.0.0.1:{port}",
+                asynchronous=True,
+            )  # fmt: skip
+        async with cluster, aiohttp.ClientSession() as session:
+            api = SchedulerAPI(session, f"http://127.0.0.1:{port}")
+            workers = await api.workers()
+            assert workers is not None
+            assert len(workers) == 2
+            assert await api.adaptive_target() == 0  # idle: it wants none
+            name, address = sorted(workers.items())[0]
+            assert await api.retire([address])
+            assert set(await api.workers() or {}) == set(workers) - {name}
+        async with aiohttp.ClientSession() as session:
+            gone = SchedulerAPI(session, f"http://127.0.0.1:{port}")
+            assert await gone.workers() is None  # gone: unknown, not none
+            assert await gone.adaptive_target() is None
+
+    asyncio.run(scenario())
 
 
 def service_account_kubeconfig(namespace: str, account: str, path: Path) -> Path:
@@ -467,18 +462,13 @@ def operator_with_role(crds: None, namespace: str, tmp_path: Path) -> Iterator[O
         "template", "t", str(CHART), "--namespace", namespace,
         "--set", f"fullnameOverride={FULLNAME}",
         "--show-only", "templates/operator/rbac.yaml",
-        "--show-only", "templates/operator/scheduler-rbac.yaml",
     ).stdout  # fmt: skip
     kubectl("apply", "-n", namespace, "-f", "-", input=rbac)
     kubeconfig = service_account_kubeconfig(
         namespace, f"{FULLNAME}-operator", tmp_path / "kubeconfig"
     )
-    running = Operator(tmp_path, namespace, kubeconfig)
-    running.start()
-    yield running
-    kubectl("delete", DASK_CLUSTERS, "--all", "-n", namespace, "--timeout=60s", check=False)
-    running.stop()
-    print(running.log.read_text()[-8000:])
+    with running_operator(namespace, tmp_path, kubeconfig) as running:
+        yield running
 
 
 def test_the_charts_role_is_enough(operator_with_role: Operator, namespace: str) -> None:
@@ -492,9 +482,13 @@ def test_the_charts_role_is_enough(operator_with_role: Operator, namespace: str)
         ),
         "status phase Running",
     )
-    worker_pod(namespace, f"{CLUSTER}-worker-0", CLUSTER)
+    # The worker pods, made under the same Role.
+    scale(namespace, 2)
+    wait_for(lambda: len(worker_pods(namespace)) == 2, "2 worker pods")
+    worker_pod(namespace, f"{CLUSTER}-stray-0", CLUSTER)
     kubectl("delete", DASK_CLUSTERS, CLUSTER, "-n", namespace, "--timeout=60s")
-    assert get(namespace, "pod", f"{CLUSTER}-worker-0") is None
+    assert get(namespace, "pod", f"{CLUSTER}-stray-0") is None
+    wait_for(lambda: not worker_pods(namespace), "no worker pod left")
 
 
 def test_the_charts_role_is_enough_for_the_sweep(

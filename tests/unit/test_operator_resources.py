@@ -1,10 +1,9 @@
 """The operator's object builders (facility_operator.resources) against the contract in
 operators/README.md: names, labels, owner references, Pod Security "restricted", the edge's SNI
-route; and the status it derives from a scheduler pod and its metrics."""
+route; and the phase it derives from a scheduler pod."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 from facility_operator import resources as res
 from facility_operator.certs import ClusterIdentity, new_facility_ca
 from facility_operator.settings import Settings
-from facility_operator.status import scheduler_status, workers_from_metrics
+from facility_operator.status import scheduler_status
 from kubernetes import client
 
 from tests.chart.test_objects import restricted_violations
@@ -157,20 +156,32 @@ def test_service_selects_the_scheduler_pod() -> None:
 
 
 @pytest.mark.parametrize("backend", ["htcondor", "slurm", "kubernetes"])
-def test_scheduler_pod_is_restricted(backend: str) -> None:
-    pod = res.scheduler_pod(settings(), cluster(backend))
+def test_scheduler_pod_is_restricted_and_holds_no_credential(backend: str) -> None:
+    s = settings(operator={"backends": {"htcondor": {"tokenSecret": "condor-tokens"}}})
+    pod = res.scheduler_pod(s, cluster(backend))
     spec = pod["spec"]
     assert restricted_violations(spec) == []
     assert spec["securityContext"]["runAsUser"] == 1000
     container = spec["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    # A token only where the scheduler makes worker pods itself.
-    assert spec["automountServiceAccountToken"] is (backend == "kubernetes")
-    assert ("serviceAccountName" in spec) is (backend == "kubernetes")
+    # The scheduler runs the user's code: no Kubernetes token, whatever the backend, and no
+    # mount but the cluster's own TLS Secret, the user's own token and a scratch folder.
+    assert spec["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in spec
+    assert {v["name"]: next(k for k in v if k != "name") for v in spec["volumes"]} == {
+        "tls": "secret", "user-token": "secret", "tmp": "emptyDir",
+    }  # fmt: skip
+    assert {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v} == {
+        "alice-x1y2z-tls", "alice-x1y2z-token",
+    }  # fmt: skip
+    assert not any(e["name"].startswith("_CONDOR") for e in container["env"])
     assert spec["restartPolicy"] == "Never"
+    # A probe that speaks HTTP to the dashboard: a TCP probe of the TLS port logs a failed
+    # handshake every period.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "dashboard"}
 
 
-def test_scheduler_pod_environment_and_scale() -> None:
+def test_scheduler_pod_environment() -> None:
     pod = res.scheduler_pod(settings(), cluster())
     container = pod["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -178,25 +189,15 @@ def test_scheduler_pod_environment_and_scale() -> None:
     assert container["image"] == "facility/worker:1.2.3"
     assert env == {
         "FACILITY_CLUSTER_ID": "alice-x1y2z",
-        "FACILITY_NAMESPACE": "facility",
-        "FACILITY_BACKEND": "htcondor",
         "FACILITY_CONTACT_ADDRESS": "tls://alice-x1y2z.dask.af.example.org:443",
         "FACILITY_TLS_DIR": "/etc/facility/tls",
         "FACILITY_IDLE_TIMEOUT": "600",
-        "FACILITY_WORKER_CORES": "2",
-        "FACILITY_WORKER_MEMORY": "4Gi",
-        "FACILITY_WORKER_DISK": "8Gi",
-        "FACILITY_WORKER_IMAGE": "facility/worker:1.2.3",
-        "FACILITY_BACKEND_CONFIG": json.dumps(settings().backend_config("htcondor")),
         "BEARER_TOKEN_FILE": "/etc/facility/token/token",
     }
-    assert pod["metadata"]["annotations"] == {
-        "facility.hep.io/min-workers": "1",
-        "facility.hep.io/max-workers": "5",
-    }
+    # The scale reaches the operator, not the scheduler.
+    assert "annotations" not in pod["metadata"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["tls"] == "/etc/facility/tls"
-    assert mounts["podinfo"] == "/etc/facility/podinfo"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "alice-x1y2z-tls"
     # The user's token, once shared through the API: optional, so the pod starts without it.
@@ -204,9 +205,6 @@ def test_scheduler_pod_environment_and_scale() -> None:
     assert volumes["user-token"]["secret"] == {
         "secretName": "alice-x1y2z-token", "defaultMode": 0o440, "optional": True,
     }  # fmt: skip
-    assert volumes["podinfo"]["downwardAPI"]["items"] == [
-        {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
-    ]
 
 
 def test_scheduler_pod_options() -> None:
@@ -214,7 +212,6 @@ def test_scheduler_pod_options() -> None:
         imageRegistry="registry.example.org",
         imagePullSecrets=["regcred"],
         xcache={"enabled": True, "port": 1094},
-        operator={"backends": {"htcondor": {"tokenSecret": "condor-tokens"}}},
     )
     pod = res.scheduler_pod(
         s, cluster(worker={"cores": 1, "memory": "2Gi", "disk": "4Gi", "image": "mine:1"})
@@ -222,14 +219,25 @@ def test_scheduler_pod_options() -> None:
     spec = pod["spec"]
     container = spec["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert container["image"] == env["FACILITY_WORKER_IMAGE"] == "mine:1"
+    assert container["image"] == "mine:1"
     assert env["FACILITY_XCACHE"] == "root://af-xcache.facility:1094"
-    assert env["_CONDOR_SEC_TOKEN_DIRECTORY"] == "/etc/facility/condor-tokens"
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
-    assert {v["name"]: v for v in spec["volumes"]}["condor-tokens"]["secret"]["secretName"] == (
-        "condor-tokens"
-    )
     assert s.worker_image == "registry.example.org/facility/worker:1.2.3"
+
+
+def test_the_operator_reaches_the_schedulers_dashboard() -> None:
+    assert res.scheduler_http_url(settings(), cluster()) == (
+        "http://alice-x1y2z-scheduler.facility.svc:8787"
+    )
+
+
+def test_owner_groups_come_from_the_apis_annotation() -> None:
+    body = cluster()
+    assert res.owner_groups(body) == []
+    body["metadata"]["annotations"] = {"facility.hep.io/owner-groups": '["cms", "atlas"]'}
+    assert res.owner_groups(body) == ["cms", "atlas"]
+    body["metadata"]["annotations"] = {"facility.hep.io/owner-groups": "not json"}
+    assert res.owner_groups(body) == []
 
 
 def test_backend_config_is_in_the_backends_spelling() -> None:
@@ -266,34 +274,17 @@ def pod_in(phase: str, **state: Any) -> client.V1Pod:
 
 
 def test_status_follows_the_scheduler_pod() -> None:
-    assert scheduler_status(None, None)["phase"] == "Pending"
-    assert scheduler_status(pod_in("Running"), 3) == {
+    assert scheduler_status(None)["phase"] == "Pending"
+    assert scheduler_status(pod_in("Running")) == {
         "phase": "Running",
         "message": "the scheduler runs",
-        "workers": 3,
     }
-    assert "workers" not in scheduler_status(pod_in("Running"), None)
-    assert scheduler_status(pod_in("Succeeded"), None)["phase"] == "Ending"
+    assert scheduler_status(pod_in("Succeeded"))["phase"] == "Ending"
     waiting = client.V1ContainerStateWaiting(reason="ImagePullBackOff", message="no such image")
-    assert scheduler_status(pod_in("Pending", waiting=waiting), None) == {
+    assert scheduler_status(pod_in("Pending", waiting=waiting)) == {
         "phase": "Pending",
         "message": "ImagePullBackOff: no such image",
     }
     ended = client.V1ContainerStateTerminated(exit_code=1, reason="Error")
-    failed = scheduler_status(pod_in("Failed", terminated=ended), None)
+    failed = scheduler_status(pod_in("Failed", terminated=ended))
     assert failed == {"phase": "Failed", "message": "the scheduler failed: Error"}
-
-
-def test_workers_are_summed_over_their_states() -> None:
-    metrics = "\n".join(
-        [
-            "# HELP dask_scheduler_workers Number of workers known by scheduler",
-            "# TYPE dask_scheduler_workers gauge",
-            'dask_scheduler_workers{state="idle"} 2.0',
-            'dask_scheduler_workers{state="saturated"} 1.0',
-            'dask_scheduler_workers_total{state="x"} 9.0',
-            "dask_scheduler_clients 1.0",
-        ]
-    )
-    assert workers_from_metrics(metrics) == 3
-    assert workers_from_metrics("dask_scheduler_clients 1.0\n") is None

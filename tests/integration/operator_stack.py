@@ -1,0 +1,320 @@
+"""The real operator, run as a process against the local cluster's real API server, with what
+it needs around it to drive real Dask workers on loopback.
+
+- `Operator`: `python -m facility_operator` with the chart's values (and overrides), its log.
+- `SchedulerPods`: the kubelet's part for scheduler pods. kwok marks the operator's scheduler
+  pods Running but runs no container, so this runs each one's program itself: it reads the
+  pod's environment and the cluster's TLS Secret from the API server, starts
+  `python -m facility_client.scheduler` on free loopback ports, adds the cluster's SNI route to
+  the real Traefik's file provider (the operator's IngressRouteTCP, whose Service has no
+  reachable endpoint under kwok), stops the program when the pod is deleted, and marks the pod
+  Succeeded when the program ends by itself (Dask's idle timeout).
+- The operator reaches each scheduler's dashboard (Dask's HTTP API) through a loopback
+  forwarder, `FACILITY_SCHEDULER_URL=http://127.0.0.1:<port>/{cluster_id}`, since the pod's
+  Service address leads nowhere under kwok.
+
+Workers are started by the operator alone (SLURM jobs on this host, or pods that kwok runs).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from facility_client import contract
+from kubernetes import client, config
+
+from tests.conftest import (
+    CHART,
+    KUBECONFIG,
+    ROOT,
+    free_port,
+    http_get,
+    merge_values,
+    serve_app,
+    tool,
+    wait_for,
+)
+from tests.integration import dask_edge
+
+LOOPBACK = "127.0.0.1"
+
+
+class Operator:
+    """One `python -m facility_operator` process for one namespace; its log on failure."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        namespace: str,
+        values: dict[str, Any],
+        *,
+        fullname: str = "t-op",
+        kubeconfig: Path = KUBECONFIG,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.log = workdir / "operator.log"
+        api_port, health_port = free_port(), free_port()
+        chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+        merged = merge_values(
+            chart_values, merge_values({"operator": {"apiPort": api_port}}, values)
+        )
+        config_dir = workdir / "values"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / "values.yaml").write_text(yaml.safe_dump(merged))
+        (config_dir / "release.yaml").write_text(yaml.safe_dump({"name": fullname}))
+        self.health = f"http://127.0.0.1:{health_port}/healthz"
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self.env = {
+            **os.environ,
+            **(env or {}),
+            "KUBECONFIG": str(kubeconfig),
+            "FACILITY_VALUES_DIR": str(config_dir),
+            "FACILITY_FULLNAME": fullname,
+            "FACILITY_NAMESPACE": namespace,
+            "FACILITY_LIVENESS_URL": self.health,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "facility_operator"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: self.alive() and http_get(self.health), "the operator's health endpoint")
+
+    def alive(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            pytest.fail(f"the operator is not running:\n{self.log.read_text()[-4000:]}")
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no last patch; as a node loss or an OOM kill."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class RunningScheduler:
+    cluster_id: str
+    process: subprocess.Popen[bytes]
+    port: int
+    dashboard_port: int
+    log: Path
+
+
+@dataclass
+class SchedulerPods:
+    """Runs the scheduler program of every scheduler pod of `namespace` (see the module)."""
+
+    namespace: str
+    workdir: Path
+    routes: Path  # this namespace's file in the edge's file-provider folder
+    env: dict[str, str] = field(default_factory=dict)  # more environment (e.g. SLURM_CONF)
+    running: dict[str, RunningScheduler] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.core = client.CoreV1Api(config.new_client_from_config(str(KUBECONFIG)))
+
+    def dashboard(self, cluster_id: str) -> int | None:
+        with self._lock:
+            found = self.running.get(cluster_id)
+            return found.dashboard_port if found else None
+
+    def _write_routes(self) -> None:
+        schedulers = {
+            f"{cid}.{dask_edge.DOMAIN}": f"{LOOPBACK}:{run.port}"
+            for cid, run in self.running.items()
+        }
+        config = dask_edge.routes_config(schedulers, "http://127.0.0.1:9")
+        del config["http"]  # the hub's route is the edge's own file
+        if not schedulers:
+            config = {}
+        # Written beside the folder, then moved in: Traefik never reads half a file.
+        temporary = self.routes.parent.with_name(f".{self.routes.name}")
+        temporary.write_text(yaml.safe_dump(config))
+        temporary.replace(self.routes)
+
+    def _start(self, pod: client.V1Pod) -> None:
+        env = {e.name: e.value for e in pod.spec.containers[0].env or []}
+        cluster_id = env[contract.ENV_CLUSTER_ID]
+        secret = self.core.read_namespaced_secret(f"{cluster_id}-tls", self.namespace)
+        tls = self.workdir / cluster_id / "tls"
+        tls.mkdir(parents=True, exist_ok=True)
+        for name, value in secret.data.items():
+            (tls / name).write_bytes(base64.b64decode(value))
+        port, dashboard_port = free_port(), free_port()
+        log = self.workdir / cluster_id / "scheduler.log"
+        program_env = {
+            **os.environ,
+            **self.env,
+            **env,
+            contract.ENV_TLS_DIR: str(tls),
+            "FACILITY_SCHEDULER_HOST": LOOPBACK,
+            "FACILITY_SCHEDULER_PORT": str(port),
+            "FACILITY_DASHBOARD_PORT": str(dashboard_port),
+        }
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", contract.SCHEDULER_MODULE],
+                env=program_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        with self._lock:
+            self.running[cluster_id] = RunningScheduler(
+                cluster_id, process, port, dashboard_port, log
+            )
+            self._write_routes()
+
+    def _stop_one(self, cluster_id: str) -> None:
+        with self._lock:
+            run = self.running.pop(cluster_id)
+            self._write_routes()
+        if run.process.poll() is None:
+            run.process.terminate()
+            try:
+                run.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run.process.kill()
+                run.process.wait()
+
+    def _sync(self) -> None:
+        selector = f"{contract.LABEL_COMPONENT}={contract.SCHEDULER}"
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        live = {
+            pod.metadata.labels[contract.LABEL_CLUSTER]: pod
+            for pod in pods
+            if pod.metadata.deletion_timestamp is None
+        }
+        for cluster_id, pod in live.items():
+            run = self.running.get(cluster_id)
+            if run is None and pod.status.phase == "Running":
+                self._start(pod)
+            elif (
+                run is not None and run.process.poll() is not None and pod.status.phase == "Running"
+            ):
+                # Ended by itself (idle): as the kubelet reports a container that exited 0.
+                phase = "Succeeded" if run.process.returncode == 0 else "Failed"
+                self.core.patch_namespaced_pod_status(
+                    pod.metadata.name, self.namespace, {"status": {"phase": phase}}
+                )
+        for cluster_id in set(self.running) - set(live):
+            self._stop_one(cluster_id)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as error:  # the API server restarting: try again
+                print(f"scheduler pods: {error}")
+            self._stop.wait(0.3)
+
+    @contextmanager
+    def run(self) -> Iterator[SchedulerPods]:
+        thread = threading.Thread(target=self._loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=30)
+            for cluster_id in list(self.running):
+                self._stop_one(cluster_id)
+
+
+@contextmanager
+def dashboard_forwarder(pods: SchedulerPods) -> Iterator[str]:
+    """HTTP on loopback: /<cluster-id>/<path> is the path of that cluster's dashboard. Yields the
+    operator's FACILITY_SCHEDULER_URL template."""
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        port = pods.dashboard(request.match_info["cluster"])
+        if port is None:
+            return web.Response(status=502, text="no such scheduler")
+        url = f"http://{LOOPBACK}:{port}/{request.match_info['path']}"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(request.method, url, data=await request.read()) as answer,
+        ):
+            return web.Response(status=answer.status, body=await answer.read(),
+                                content_type=answer.content_type)  # fmt: skip
+
+    app = web.Application()
+    app.router.add_route("*", "/{cluster}/{path:.*}", forward)
+    with serve_app(app) as url:
+        yield url + "/{cluster_id}"
+
+
+@dataclass(frozen=True)
+class FileEdge:
+    """The real Traefik with the chart's public entrypoint, its routes from a watched folder
+    (one file per SchedulerPods)."""
+
+    edge: dask_edge.Edge
+    routes: Path
+
+    def routes_file(self, namespace: str) -> Path:
+        return self.routes / f"{namespace}.yaml"
+
+    def routers(self) -> list[str]:
+        return [r["name"] for r in dask_edge.enabled_routers(self.edge.api_port, "tcp")]
+
+    def serves(self, cluster_id: str) -> bool:
+        return any(name.startswith(f"{cluster_id}@") for name in self.routers())
+
+
+@contextmanager
+def file_edge(workdir: Path) -> Iterator[FileEdge]:
+    """Traefik watching the folder `workdir/routes` (written by SchedulerPods)."""
+    routes = workdir / "routes"
+    routes.mkdir(parents=True, exist_ok=True)
+    # The chart's hub route (to nowhere: no hub here), so the edge starts as the chart's does.
+    hub = {"http": dask_edge.routes_config({}, "http://127.0.0.1:9")["http"]}
+    (routes / "hub.yaml").write_text(yaml.safe_dump(hub))
+    port, api_port = free_port(), free_port()
+    log = workdir / "traefik.log"
+    args = [
+        f"--providers.file.directory={routes}"
+        if arg.startswith("--providers.file.filename=")
+        else arg
+        for arg in dask_edge.local_edge_args(dask_edge.chart_edge_args(), port, api_port, routes)
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen([tool("traefik"), *args], stdout=out, stderr=out)
+    edge = dask_edge.Edge(process, port, api_port, log)
+    try:
+        wait_for(lambda: dask_edge.enabled_routers(api_port, "http"), f"Traefik ({log})", 30)
+        yield FileEdge(edge, routes)
+    finally:
+        dask_edge.stop(process)

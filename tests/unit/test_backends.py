@@ -1,0 +1,310 @@
+"""The operator's worker backends, field by field: the HTCondor submit description read back by
+HTCondor's own parser (`htcondor2.Submit`, its expressions evaluated with `classad2` as the
+schedd would), the SLURM job script, and the Kubernetes worker pod.
+
+No HTCondor pool runs here (FIELD-NOTES.md: no daemon is packaged for this machine), so the
+submit itself goes to a stand-in schedd that records what the bindings were asked; the live
+SLURM backend is tests/integration/test_backend_slurm.py, the pods' admission
+tests/integration/test_backend_kubernetes.py.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import classad2
+import htcondor2
+import pytest
+from facility_operator.backends import backend_for
+from facility_operator.backends.base import ClusterWorkers, WorkerGroup
+from facility_operator.backends.htcondor import HTCondorBackend
+from facility_operator.backends.kubernetes import worker_pod
+from facility_operator.backends.slurm import SLURMBackend
+from facility_operator.certs import new_cluster_identity, new_facility_ca
+
+from tests.chart.test_objects import restricted_violations
+
+CLUSTER_ID = "alice-x7k2p"
+CONTACT = f"tls://{CLUSTER_ID}.dask.example.org:443"
+IMAGE = "registry.example.org/facility/worker:1.2.3"
+TLS = new_cluster_identity(new_facility_ca("test"), CLUSTER_ID, CONTACT).secret_data()
+
+
+def cluster(token: str = "") -> ClusterWorkers:
+    return ClusterWorkers(
+        cluster_id=CLUSTER_ID, namespace="users", owner="alice", owner_slug="alice",
+        uid="uid-1", instance="af", contact_address=CONTACT, tls=TLS,
+        xcache="root://xcache.users.svc:1094", token=token,
+    )  # fmt: skip
+
+
+def group(gpus: int = 0, name: str = "default") -> WorkerGroup:
+    return WorkerGroup(name, 4, "8Gi", "20Gi", gpus, IMAGE, 0, 2)
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+# --- HTCondor
+
+
+def job_ad(submit: htcondor2.Submit) -> classad2.ClassAd:
+    """The job attributes the description sets (MY.x / +x), as a ClassAd to evaluate in."""
+    requests = {"request_cpus": "RequestCpus", "request_memory": "RequestMemory",
+                "request_disk": "RequestDisk", "request_gpus": "RequestGPUs"}  # fmt: skip
+    ad = classad2.ClassAd()
+    for key, value in submit.items():
+        name = key.removeprefix("MY.")
+        if name != key or key in requests:
+            ad[requests.get(key, name)] = classad2.ExprTree(value)
+    return ad
+
+
+def parsed(backend: HTCondorBackend, token: str = "", gpus: int = 0) -> htcondor2.Submit:
+    workers = cluster(token)
+    inputs = backend.write_job_files(workers)
+    description = backend.submit_description(
+        workers, group(gpus), f"{CLUSTER_ID}-default-3", inputs
+    )
+    return htcondor2.Submit(description)
+
+
+def arguments(submit: htcondor2.Submit) -> list[str]:
+    """argv after the executable, from the new-syntax `Arguments`."""
+    text = submit["Arguments"]
+    assert text.startswith('"')
+    assert text.endswith('"')
+    return shlex.split(text[1:-1].replace('""', '"'))
+
+
+@pytest.mark.parametrize("universe", ["docker", "vanilla"])
+def test_submit_description(universe: str, tmp_path: Path) -> None:
+    backend = HTCondorBackend({"universe": universe, "work_dir": str(tmp_path)})
+    submit = parsed(backend, token="the-users-token")
+    ad = job_ad(submit)
+
+    assert submit["universe"] == universe
+    if universe == "docker":
+        assert submit["docker_image"] == IMAGE
+        assert "MY.SingularityImage" not in submit
+    else:
+        assert ad.eval("SingularityImage") == f"docker://{IMAGE}"
+        assert "docker_image" not in submit
+    assert ad.eval("RequestCpus") == 4
+    assert ad.eval("RequestMemory") == 8 * 1024  # MiB
+    assert ad.eval("RequestDisk") == 20 * 1024 * 1024  # KiB
+    assert "RequestGPUs" not in ad
+    assert ad.eval("FacilityCluster") == f"users/{CLUSTER_ID}"
+    assert ad.eval("FacilityWorker") == f"{CLUSTER_ID}-default-3"
+
+    # The TLS files and the user's token travel with the job, written for the operator alone.
+    directory = tmp_path / CLUSTER_ID
+    inputs = [item.strip() for item in submit.expand("transfer_input_files").split(",")]
+    assert inputs == [
+        str(directory / n) for n in ("cluster-ca.crt", "tls.crt", "tls.key", "bearer_token")
+    ]
+    assert (directory / "tls.key").read_text() == TLS["tls.key"]
+    assert (directory / "tls.key").stat().st_mode & 0o777 == 0o600
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert submit["should_transfer_files"] == "YES"
+    environment = dict(item.split("=", 1) for item in submit["environment"].strip('"').split())
+    assert environment == {
+        "FACILITY_XCACHE": "'root://xcache.users.svc:1094'",
+        "BEARER_TOKEN_FILE": "'bearer_token'",
+    }
+    # Output and error come back to the operator's folder: the reason of a failed worker.
+    assert submit["output"] == str(directory / f"{CLUSTER_ID}-default-3.out")
+    assert submit["error"] == str(directory / f"{CLUSTER_ID}-default-3.err")
+
+    assert submit["executable"] == "/opt/venv/bin/python"
+    argv = arguments(submit)
+    assert argv[:3] == ["-m", "facility_client.worker", CONTACT]
+    assert option(argv, "--name") == f"{CLUSTER_ID}-default-3"
+    assert option(argv, "--death-timeout") == "120"
+    assert option(argv, "--nthreads") == "4"
+    assert option(argv, "--tls-ca-file") == "./cluster-ca.crt"
+    assert option(argv, "--tls-cert") == "./tls.crt"
+    assert option(argv, "--tls-key") == "./tls.key"
+    assert "--scheduler-sni" not in argv
+
+
+def test_gpus_become_request_gpus_and_a_dask_resource(tmp_path: Path) -> None:
+    submit = parsed(HTCondorBackend({"work_dir": str(tmp_path)}), gpus=2)
+    assert job_ad(submit).eval("RequestGPUs") == 2
+    assert option(arguments(submit), "--resources") == "GPU=2"
+
+
+def test_apptainer_image_and_edge_host(tmp_path: Path) -> None:
+    backend = HTCondorBackend({
+        "universe": "vanilla",
+        "apptainer_image": "/cvmfs/unpacked.cern.ch/facility/worker:1.2.3",
+        "edge_host": "edge.example.org",
+        "death_timeout": 300,
+        "work_dir": str(tmp_path),
+        "extra_directives": {"+AccountingGroup": '"group_cms.alice"'},
+    })  # fmt: skip
+    submit = parsed(backend)
+    ad = job_ad(submit)
+    assert ad.eval("SingularityImage") == "/cvmfs/unpacked.cern.ch/facility/worker:1.2.3"
+    assert ad.eval("AccountingGroup") == "group_cms.alice"
+    assert "BEARER_TOKEN_FILE" not in submit["environment"]  # no token shared
+    argv = arguments(submit)
+    # Without wildcard DNS: the edge's own name, the cluster's name as SNI, no Nanny.
+    assert argv[2] == "tls://edge.example.org:443"
+    assert option(argv, "--scheduler-sni") == f"{CLUSTER_ID}.dask.example.org"
+    assert "--no-nanny" in argv
+    assert option(argv, "--death-timeout") == "300"
+
+
+class StandInSchedd:
+    """Records what the bindings are asked (no schedd runs here: see the module)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[dict[str, str], int, bool]] = []
+        self.spooled = 0
+        self.tokens: list[str | None] = []
+
+    def submit(self, description: htcondor2.Submit, count: int, spool: bool) -> str:
+        self.submitted.append((dict(description.items()), count, spool))
+        self.tokens.append(htcondor2.param.get("SCITOKENS_FILE"))
+        return "result"
+
+    def spool(self, result: str) -> None:
+        self.spooled += 1
+
+
+def test_start_submits_one_job_per_worker_with_the_users_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schedd = StandInSchedd()
+    backend = HTCondorBackend({"work_dir": str(tmp_path), "schedd": "schedd.example.org"})
+    monkeypatch.setattr(backend, "_schedd", lambda: schedd)
+    names = [f"{CLUSTER_ID}-default-0", f"{CLUSTER_ID}-default-1"]
+    backend.start(cluster(token="tok"), group(), names)
+    assert [s[0]["MY.FacilityWorker"] for s in schedd.submitted] == [f'"{n}"' for n in names]
+    assert {(count, spool) for _, count, spool in schedd.submitted} == {(1, True)}
+    assert schedd.spooled == 2  # a named (remote) schedd gets the input files spooled
+    # The submit authenticates with the user's own token; the setting does not outlive it.
+    assert schedd.tokens == [str(tmp_path / CLUSTER_ID / "bearer_token")] * 2
+    assert htcondor2.param.get("SCITOKENS_FILE") != str(tmp_path / CLUSTER_ID / "bearer_token")
+
+
+def test_job_states_from_the_schedds_attributes() -> None:
+    def ad(**attributes: Any) -> classad2.ClassAd:
+        return classad2.ClassAd({
+            "ClusterId": 7, "ProcId": 0, "FacilityCluster": f"users/{CLUSTER_ID}",
+            "FacilityWorker": f"{CLUSTER_ID}-gpu-4", **attributes,
+        })  # fmt: skip
+
+    held = HTCondorBackend._job(ad(JobStatus=5, HoldReason="docker image not found"))
+    assert held is not None
+    assert (held.state, held.reason, held.group, held.id) == (
+        "held",
+        "docker image not found",
+        "gpu",
+        "7.0",
+    )
+    failed = HTCondorBackend._job(ad(JobStatus=4, ExitCode=127))
+    assert failed is not None
+    assert (failed.state, failed.reason) == ("failed", "exit code 127")
+    evicted = HTCondorBackend._job(ad(JobStatus=1, NumJobStarts=1))
+    assert evicted is not None
+    assert evicted.state == "evicted"
+    assert HTCondorBackend._job(ad(JobStatus=3)) is None  # removed: gone
+    running = HTCondorBackend._job(ad(JobStatus=2))
+    assert running is not None
+    assert running.state == "running"
+
+
+# --- SLURM
+
+
+def test_slurm_job_script() -> None:
+    backend = SLURMBackend({
+        "partition": "short", "account": "cms", "walltime": "08:00:00",
+        "edge_host": "edge.example.org", "log_dir": "/scratch/logs",
+    })  # fmt: skip
+    script = backend.job_script(cluster(), group(gpus=1, name="gpu"), f"{CLUSTER_ID}-gpu-0")
+    directives = [
+        line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH")
+    ]
+    assert directives == [
+        f"--job-name={CLUSTER_ID}-gpu-0",
+        f"--comment=facility:users/{CLUSTER_ID}",
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=4",
+        "--mem=8192M",
+        "--tmp=20480M",
+        f"--output=/scratch/logs/{CLUSTER_ID}-gpu-0-%j.out",
+        "--gres=gpu:1",
+        "--partition=short",
+        "--account=cms",
+        "--time=08:00:00",
+    ]
+    assert TLS["tls.key"].strip() in script  # the job writes it on the node, for itself alone
+    assert "umask 077" in script
+    command = shlex.split(script.splitlines()[-1])
+    assert command[3] == "tls://edge.example.org:443"
+    assert option(command, "--resources") == "GPU=1"
+    assert option(command, "--scheduler-sni") == f"{CLUSTER_ID}.dask.example.org"
+    assert "export FACILITY_XCACHE=root://xcache.users.svc:1094" in script
+
+
+def test_slurm_states() -> None:
+    record = {
+        "JobId": "12", "JobName": f"{CLUSTER_ID}-default-1", "JobState": "FAILED",
+        "ExitCode": "127:0", "EndTime": "2026-12-01T10:00:00", "Reason": "NonZeroExitCode",
+    }  # fmt: skip
+    failed = SLURMBackend._job(record, CLUSTER_ID)
+    assert failed is not None
+    assert (failed.state, failed.reason, failed.group) == (
+        "failed",
+        "FAILED (NonZeroExitCode), exit code 127",
+        "default",
+    )
+    pending = SLURMBackend._job(record | {"JobState": "PENDING", "Reason": "Resources"}, CLUSTER_ID)
+    assert pending is not None
+    assert (pending.state, pending.reason) == ("pending", "Resources")
+    assert SLURMBackend._job(record | {"JobState": "CANCELLED"}, CLUSTER_ID) is None
+
+
+# --- Kubernetes
+
+
+def test_worker_pod() -> None:
+    backend = backend_for(
+        "kubernetes", {"edge_host": "edge.facility.svc", "node_selector": {"gpu": "yes"}}
+    )
+    command = backend.worker_command(
+        cluster(), group(gpus=1, name="gpu"), f"{CLUSTER_ID}-gpu-0", "/etc/facility/tls"
+    )
+    pod = worker_pod(
+        cluster(), group(gpus=1, name="gpu"), f"{CLUSTER_ID}-gpu-0", command, backend.config
+    )
+    assert restricted_violations(pod["spec"]) == []
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["restartPolicy"] == "Never"  # the operator replaces, not the kubelet
+    assert pod["metadata"]["labels"] == {
+        "facility.hep.io/cluster": CLUSTER_ID, "facility.hep.io/owner": "alice",
+        "facility.hep.io/worker-group": "gpu", "app.kubernetes.io/managed-by": "facility-operator",
+        "app.kubernetes.io/component": "dask-worker", "app.kubernetes.io/instance": "af",
+    }  # fmt: skip
+    (owner,) = pod["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("DaskCluster", "uid-1", True)
+    (container,) = pod["spec"]["containers"]
+    limits = container["resources"]["limits"]
+    assert limits == {
+        "cpu": "4",
+        "memory": "8Gi",
+        "ephemeral-storage": "20Gi",
+        "nvidia.com/gpu": "1",
+    }
+    assert container["resources"]["requests"] == limits
+    assert option(container["command"], "--resources") == "GPU=1"
+    assert option(container["command"], "--tls-key") == "/etc/facility/tls/tls.key"
+    assert pod["spec"]["nodeSelector"] == {"gpu": "yes"}
+    assert container["image"] == IMAGE
