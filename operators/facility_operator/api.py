@@ -13,6 +13,7 @@ Service directly without it. Both are served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import defaultdict
@@ -192,19 +193,34 @@ def scale_change(spec: dict[str, Any], group: str | None, sizes: dict[str, int])
     raise ApiError(400, f"the cluster has no worker group {group!r}; it has: {known}", "group")
 
 
+@contextlib.asynccontextmanager
+async def backend_errors(cluster: dict[str, Any]) -> AsyncIterator[None]:
+    """A batch system that does not answer is the site's trouble, named as such (503)."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except Exception as error:
+        backend = cluster["spec"]["backend"]
+        log.warning("the %s backend does not answer: %s", backend, error)
+        raise ApiError(503, f"the {backend} backend does not answer: {error}") from error
+
+
 async def list_workers(request: web.Request) -> web.Response:
     """Every worker of the cluster: name, backend id, group, state, since, reason; and the
     recent failures (GET .../workers/{name}/logs gives the end of one's log)."""
     user = await caller(request)
     cluster = await request.app[CLUSTERS].one(user.name, request.match_info["id"])
-    return web.json_response(await request.app[WORKERS].describe(cluster))
+    async with backend_errors(cluster):
+        return web.json_response(await request.app[WORKERS].describe(cluster))
 
 
 async def worker_logs(request: web.Request) -> web.Response:
     user = await caller(request)
     cluster = await request.app[CLUSTERS].one(user.name, request.match_info["id"])
     name = request.match_info["name"]
-    text = await request.app[WORKERS].log_of(cluster, name)
+    async with backend_errors(cluster):
+        text = await request.app[WORKERS].log_of(cluster, name)
     if text is None:
         raise ApiError(404, f"no worker {name} in cluster {resources.cluster_id(cluster)}")
     return web.json_response({"name": name, "log": text})

@@ -7,6 +7,7 @@ here, so that no Python is templated by Helm (DESIGN.md, "Values reach Python wh
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -120,22 +121,32 @@ class Settings:
             scheduler_resources=dict(operator["scheduler"]["resources"]),
             worker_interval=float(operator["workers"]["interval"]),
             max_start_failures=int(operator["workers"]["maxStartFailures"]),
-            scheduler_url=os.environ.get("FACILITY_SCHEDULER_URL", SCHEDULER_URL),
+            scheduler_url=SCHEDULER_URL,
             xcache=xcache_address,
         )
 
     @classmethod
     def from_env(cls) -> Settings:
         """Settings in the operator's pod: FACILITY_VALUES_DIR (the hub-values Secret, mounted),
-        FACILITY_FULLNAME and FACILITY_NAMESPACE (set by the chart's Deployment)."""
+        FACILITY_FULLNAME and FACILITY_NAMESPACE (set by the chart's Deployment); for tests,
+        FACILITY_HUB_API_URL and FACILITY_SCHEDULER_URL (a template, see scheduler_url)."""
         directory = Path(os.environ.get("FACILITY_VALUES_DIR", VALUES_DIR))
         values = yaml.safe_load((directory / "values.yaml").read_text()) or {}
         release_file = directory / "release.yaml"
         release = yaml.safe_load(release_file.read_text()) if release_file.exists() else {}
-        return cls.from_values(
+        settings = cls.from_values(
             values,
             release_fullname=os.environ["FACILITY_FULLNAME"],
             namespace=os.environ["FACILITY_NAMESPACE"],
             app_version=str((release or {}).get("appVersion") or "latest"),
             release_name=str((release or {}).get("name") or ""),
         )
+        # Tests only: an operator outside a cluster reaches the hub and the schedulers on
+        # loopback (the chart sets neither).
+        overrides = {
+            field: os.environ[variable]
+            for field, variable in (("hub_api_url", "FACILITY_HUB_API_URL"),
+                                    ("scheduler_url", "FACILITY_SCHEDULER_URL"))
+            if os.environ.get(variable)
+        }  # fmt: skip
+        return dataclasses.replace(settings, **overrides)

@@ -19,7 +19,10 @@ Workers are started by the operator alone (SLURM jobs on this host, or pods that
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -32,6 +35,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import requests
 import yaml
 from aiohttp import web
 from facility_client import contract
@@ -43,12 +47,14 @@ from tests.conftest import (
     ROOT,
     free_port,
     http_get,
+    kubectl,
     merge_values,
     serve_app,
     tool,
     wait_for,
 )
 from tests.integration import dask_edge
+from tests.integration.hub import Hub, run_hub
 
 LOOPBACK = "127.0.0.1"
 
@@ -318,3 +324,146 @@ def file_edge(workdir: Path) -> Iterator[FileEdge]:
         yield FileEdge(edge, routes)
     finally:
         dask_edge.stop(process)
+
+
+# --- the whole path of a user: a real JupyterHub, the user's server, the operator's API
+
+ADMIN_TOKEN = secrets.token_hex(32)
+
+
+def hub_values() -> dict[str, Any]:
+    """A development hub, plus a service that plays the site's admin and makes users' tokens."""
+    admin = {"name": "test-admin", "api_token": ADMIN_TOKEN}
+    role = {"name": "test-admin", "services": ["test-admin"],
+            "scopes": ["admin:users", "tokens", "admin:groups"]}  # fmt: skip
+    return {
+        "devMode": True,
+        "culler": {"enabled": False},
+        "hub": {
+            "tokenServicePort": free_port(),
+            "config": {"JupyterHub": {"services": [admin], "load_roles": [role]}},
+        },
+    }
+
+
+def hub_api(hub: Hub, method: str, path: str, body: Any = None) -> Any:
+    answer = requests.request(
+        method, f"{hub.url}/hub/api{path}", json=body, timeout=10,
+        headers={"Authorization": f"token {ADMIN_TOKEN}"},
+    )  # fmt: skip
+    assert answer.ok, answer.text
+    return answer.json()
+
+
+def user_tokens(hub: Hub, users: tuple[str, ...]) -> dict[str, str]:
+    """A JupyterHub token of each user, with no more scope than a notebook server's own."""
+    out = {}
+    for name in users:
+        hub_api(hub, "POST", f"/users/{name}")
+        made = hub_api(hub, "POST", f"/users/{name}/tokens",
+                       {"expires_in": 3600, "scopes": ["users:activity!user"]})  # fmt: skip
+        out[name] = made["token"]
+    return out
+
+
+def get(kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    done = kubectl("get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found")
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def start_server(user: str, namespace: str) -> dict[str, Any]:
+    """A pod as KubeSpawner makes a user's server (its labels and annotation), running."""
+    name = f"jupyter-{user}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "component": "singleuser-server",
+                "hub.jupyter.org/username": user,
+                "app.kubernetes.io/component": "singleuser-server",
+            },
+            "annotations": {"hub.jupyter.org/username": user},
+        },
+        "spec": {
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "notebook",
+                    "image": "facility/analysis:test",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+    running = wait_for(
+        lambda: (p := get("pod", name, namespace)) and p["status"].get("phase") == "Running" and p,
+        f"{name} to run",
+    )
+    return running  # type: ignore[return-value]
+
+
+@dataclass
+class Facility:
+    """A user's whole path on loopback: hub, API, operator, schedulers, edge, workers."""
+
+    namespace: str
+    hub: Hub
+    operator: Operator
+    pods: SchedulerPods
+    edge: FileEdge
+    tokens: dict[str, str]
+
+    @property
+    def api_url(self) -> str:
+        return self.operator.api_url
+
+
+@contextmanager
+def running_facility(
+    workdir: Path,
+    namespace: str,
+    values: dict[str, Any],
+    env: dict[str, str] | None = None,
+    users: tuple[str, ...] = ("alice",),
+) -> Iterator[Facility]:
+    """The real hub, each user's server pod (kwok), the operator with its API and these values,
+    the scheduler programs and the edge (whose port and the Dask domain the values get)."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/daskclusters.facility.hep.io")
+    with contextlib.ExitStack() as stack:
+        hub = stack.enter_context(run_hub(workdir / "hub", hub_values(), free_port()))
+        tokens = user_tokens(hub, users)
+        for user in users:
+            start_server(user, namespace)
+        edge = stack.enter_context(file_edge(workdir / "edge"))
+        pods = SchedulerPods(
+            namespace, workdir / "schedulers", edge.routes_file(namespace), dict(env or {})
+        )
+        stack.enter_context(pods.run())
+        scheduler_url = stack.enter_context(dashboard_forwarder(pods))
+        public = {
+            "edge": {"service": {"port": edge.edge.port}, "dask": {"domain": dask_edge.DOMAIN}}
+        }
+        operator = Operator(
+            workdir / "operator", namespace, merge_values(public, values),
+            env={**(env or {}), "FACILITY_SCHEDULER_URL": scheduler_url,
+                 "FACILITY_HUB_API_URL": f"{hub.url}/hub/api"},
+        )  # fmt: skip
+        operator.start()
+        try:
+            yield Facility(namespace, hub, operator, pods, edge, tokens)
+        finally:
+            kubectl("delete", "daskclusters.facility.hep.io", "--all", "-n", namespace,
+                    "--timeout=90s", check=False)  # fmt: skip
+            operator.stop()
+            print(operator.log.read_text()[-6000:])

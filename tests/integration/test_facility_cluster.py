@@ -1,150 +1,35 @@
-"""`FacilityCluster`, the notebook's side, against a stand-in of the operator's user API.
+"""`FacilityCluster`, the notebook's side, on the whole path: a real JupyterHub says whose the
+token is, the operator's real user API makes the DaskCluster, the operator makes the scheduler
+(its program run on loopback, kwok runs no container) and the workers (real SLURM jobs on the
+one-machine SLURM), and the client and the workers reach the scheduler through the real
+Traefik by SNI (tests/integration/operator_stack.py, `running_facility`).
 
-The stand-in is a real aiohttp server in the test that answers as operators/README.md ("User
-API") says, and does what the operator would do with the cluster: POST starts the real scheduler
-program (`python -m facility_client.scheduler`, SLURM backend, on the one-machine SLURM of
-tests/integration/slurm.py), GET reports Pending until the scheduler answers, PATCH writes the
-scheduler's annotations file, DELETE stops it. The real API is tested elsewhere
-(tests/integration/test_operator_api.py); the edge is not under test here, so the client and the
-workers dial the scheduler's loopback port with the cluster's name as SNI (`edge_host`).
+No wildcard DNS resolves `<id>.<domain>` here: the client and the workers dial the edge's
+loopback address (`edge_host`) and send the cluster's name as SNI.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 import importlib
 import os
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import facility_client.cluster as facility_cluster
 import pytest
 import yaml
-from aiohttp import web
 from distributed import Client
 from facility_client.cluster import FacilityCluster, FacilityError, ScaleRange
-from facility_operator.certs import ClusterIdentity
 
-from tests.conftest import ROOT, free_port, http_get, serve_app, wait_for
-from tests.integration.slurm import (
-    SchedulerProgram,
-    SlurmCluster,
-    scheduler_program,
-    slurm_cluster,
-    write_identity,
-)
+from tests.conftest import ROOT, free_port, wait_for
+from tests.integration.operator_stack import Facility, get, running_facility
+from tests.integration.slurm import SlurmCluster, slurm_cluster
 
-TOKEN = "jupyterhub-token-of-alice"
-CLUSTER_ID = "alice-q3z9w"
-DOMAIN = "dask.test"
-DASHBOARD = f"/user/alice/proxy/dask/{CLUSTER_ID}/status"
-
-
-@dataclass
-class StandInAPI:
-    """The user API's answers for one user and one cluster, and what it was asked."""
-
-    slurm: SlurmCluster
-    workdir: Path
-    requests: list[tuple[str, str, Any]] = field(default_factory=list)
-    spec: dict[str, Any] = field(default_factory=dict)
-    identity: ClusterIdentity | None = None
-    scheduler: SchedulerProgram | None = None
-    scheduler_exit: int | None = None
-    _running: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    _ports: dict[str, int] = field(default_factory=dict)
-    _starting: asyncio.Future[None] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"tls://{CLUSTER_ID}.{DOMAIN}:{self._ports['scheduler']}"
-
-    def view(self) -> dict[str, Any]:
-        running = self.scheduler is not None and http_get(
-            f"http://127.0.0.1:{self._ports['dashboard']}/health"
-        )
-        return {
-            "id": CLUSTER_ID,
-            "owner": "alice",
-            "backend": "slurm",
-            "worker": self.spec["worker"],
-            "minWorkers": self.spec["minWorkers"],
-            "maxWorkers": self.spec["maxWorkers"],
-            "idleTimeout": 3600,
-            "address": self.address,
-            "phase": "Running" if running else "Pending",
-            "workers": 0,
-            "dashboardLink": DASHBOARD if running else "",
-            "message": "",
-            "created": "2026-01-01T00:00:00Z",
-        }
-
-    def start_scheduler(self) -> None:
-        """What the operator's reconcile amounts to here: the TLS Secret and the scheduler."""
-        directory = self.workdir / CLUSTER_ID
-        self.identity = write_identity(directory / "tls", CLUSTER_ID, f"{CLUSTER_ID}.{DOMAIN}")
-        self.scheduler = self._running.enter_context(
-            scheduler_program(
-                self.slurm,
-                directory,
-                cluster_id=CLUSTER_ID,
-                namespace="users",
-                contact_address=self.address,
-                edge_host="127.0.0.1",
-                port=self._ports["scheduler"],
-                dashboard_port=self._ports["dashboard"],
-            )
-        )
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json() if request.can_read_body else None
-        self.requests.append((request.method, request.path, body))
-        if request.headers.get("Authorization") != f"token {TOKEN}":
-            return web.json_response({"error": "unknown token", "field": None}, status=401)
-        path = request.path
-        if request.method == "POST" and path == "/clusters":
-            if body.get("worker", {}).get("cores", 1) > 8:
-                message = "quota exceeded: at most 8 cores for alice"
-                return web.json_response({"error": message, "field": "worker.cores"}, status=403)
-            self.spec = {"worker": body.get("worker", {}), "minWorkers": 0, "maxWorkers": 0}
-            self._ports.update(scheduler=free_port(), dashboard=free_port())
-            # The operator makes the scheduler pod after the API has answered.
-            self._starting = asyncio.get_running_loop().run_in_executor(None, self.start_scheduler)
-            return web.json_response(self.view(), status=201)
-        if not path.startswith(f"/clusters/{CLUSTER_ID}") or not self.spec:
-            return web.json_response({"error": "no such cluster", "field": None}, status=404)
-        if request.method == "PUT" and path.endswith("/token"):
-            return web.Response(status=204)
-        if path.endswith("/credentials"):
-            if self.identity is None:
-                return web.json_response({"error": "not made yet", "field": None}, status=409)
-            return web.json_response(
-                {
-                    "ca": self.identity.facility_ca,
-                    "tls_cert": self.identity.tls_cert,
-                    "tls_key": self.identity.tls_key,
-                    "address": self.address,
-                }
-            )
-        if request.method == "GET":
-            return web.json_response(self.view())
-        if request.method == "PATCH":
-            self.spec.update(body)
-            assert self.scheduler is not None
-            self.scheduler.scale(self.spec["minWorkers"], self.spec["maxWorkers"])
-            return web.json_response(self.view())
-        if request.method == "DELETE":
-            assert self.scheduler is not None
-            self.scheduler_exit = await asyncio.to_thread(self.scheduler.stop)
-            return web.Response(status=204)
-        return web.json_response({"error": "not allowed", "field": None}, status=405)
-
-    def close(self) -> None:
-        self._running.close()
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
@@ -154,103 +39,122 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
 
 
 @pytest.fixture
-def api(slurm: SlurmCluster, tmp_path: Path) -> Iterator[tuple[StandInAPI, str]]:
-    """The stand-in, served on a loopback port from a thread of its own; its base URL."""
-    stand_in = StandInAPI(slurm, tmp_path)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", stand_in.handle)
-    try:
-        with serve_app(app) as url:
-            yield stand_in, url
-    finally:
-        stand_in.close()
+def facility(slurm: SlurmCluster, namespace: str, tmp_path: Path) -> Iterator[Facility]:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    values = {
+        "operator": {
+            "backend": "slurm",
+            "statusInterval": 1,
+            "workers": {"interval": 1},
+            "backends": {
+                "slurm": {
+                    "edgeHost": "127.0.0.1", "interface": "lo", "partition": "debug",
+                    "deathTimeout": 60, "python": sys.executable, "logDir": str(jobs),
+                }
+            },
+        }
+    }  # fmt: skip
+    with running_facility(tmp_path, namespace, values, env=slurm.env) as running:
+        yield running
 
 
-def cluster_jobs(slurm: SlurmCluster) -> list[tuple[str, str, str]]:
-    return [row for row in slurm.squeue() if row[2] == f"facility:users/{CLUSTER_ID}"]
+def options(facility: Facility) -> dict[str, object]:
+    return {
+        "edge_host": "127.0.0.1",
+        "api_url": facility.api_url,
+        "api_token": facility.tokens["alice"],
+        "timeout": 90,
+    }
+
+
+def jobs_of(slurm: SlurmCluster, namespace: str, cluster_id: str) -> list[str]:
+    return [job for job, _, c in slurm.squeue() if c == f"facility:{namespace}/{cluster_id}"]
 
 
 def test_lifecycle(
-    api: tuple[StandInAPI, str],
-    slurm: SlurmCluster,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    facility: Facility, slurm: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stand_in, url = api
+    namespace = facility.namespace
     bearer = tmp_path / "bt_u1000"  # the notebook's token file, kept fresh by facility-token
     bearer.write_text("eyJ.first.sig\n")
     monkeypatch.setenv("BEARER_TOKEN_FILE", str(bearer))
     monkeypatch.setattr(facility_cluster, "TOKEN_CHECK_SECONDS", 0.2)
-    options = {"edge_host": "127.0.0.1", "api_url": url, "api_token": TOKEN, "timeout": 60}
-    with FacilityCluster(cores=1, memory="256 MiB", **options) as cluster:
-        assert stand_in.requests[0] == (
-            "POST",
-            "/clusters",
-            {"worker": {"cores": 1, "memory": "256Mi"}},
-        )
-        assert cluster.name == CLUSTER_ID
-        assert cluster.dashboard_link == DASHBOARD
+    with FacilityCluster(cores=1, memory="256 MiB", disk="100Mi", **options(facility)) as cluster:
+        cluster_id = cluster.name
+        stored = get("daskcluster", cluster_id, namespace)
+        assert stored is not None
+        assert stored["spec"]["worker"] == {
+            "cores": 1, "memory": "256Mi", "disk": "100Mi", "image": "", "gpus": 0,
+        }  # fmt: skip
+        assert cluster.dashboard_link.startswith(f"/user/alice/proxy/{cluster_id}-scheduler.")
 
-        # The bearer token reaches the cluster's pods at start, and again when it is refreshed.
-        put = ("PUT", f"/clusters/{CLUSTER_ID}/token")
-        shared = [r[2] for r in stand_in.requests if r[:2] == put]
-        assert shared == [{"token": "eyJ.first.sig"}]
+        # The bearer token reaches the cluster's Secret at start, and again when refreshed.
+        def shared() -> str:
+            secret = get("secret", f"{cluster_id}-token", namespace) or {"data": {"token": ""}}
+            return base64.b64decode(secret["data"]["token"]).decode()
+
+        assert shared() == "eyJ.first.sig"
         bearer.write_text("eyJ.second.sig\n")
         os.utime(bearer, ns=(time.time_ns(), time.time_ns() + 10**9))
-        wait_for(
-            lambda: (
-                [r[2] for r in stand_in.requests if r[:2] == put][-1] == {"token": "eyJ.second.sig"}
-            ),
-            "the refreshed token shared",
-            30,
-        )
+        wait_for(lambda: shared() == "eyJ.second.sig", "the refreshed token shared", 30)
 
         cluster.scale(2)
-        assert stand_in.spec["minWorkers"] == stand_in.spec["maxWorkers"] == 2
         with cluster.get_client() as client:
             client.wait_for_workers(2, timeout=120)
             assert client.submit(sum, range(10)).result(timeout=60) == 45
         wait_for(lambda: len(cluster.scheduler_info["workers"]) == 2, "the cluster's worker view")
 
+        # The workers as the operator sees them, and the end of one's log (SLURM's output file).
+        workers = wait_for(
+            lambda: (
+                len(found := [w for w in cluster.workers() if w["state"] == "connected"]) == 2
+                and found
+            ),
+            "two connected workers in the operator's view",
+        )
+        first = sorted(w["name"] for w in workers)[0]  # type: ignore[union-attr]
+        assert first == f"{cluster_id}-default-0"
+        assert "Starting Worker" in cluster.logs(first)
+        with pytest.raises(FacilityError, match="no worker") as missing:
+            cluster.logs(f"{cluster_id}-default-99")
+        assert missing.value.status == 404
+
         # Another session of the same user finds the cluster by its id.
-        again = FacilityCluster.from_name(CLUSTER_ID, **options)
+        again = FacilityCluster.from_name(cluster_id, **options(facility))
         assert len(again.scheduler_info["workers"]) == 2
-        assert not [r for r in stand_in.requests if r[0] == "POST"][1:]
 
         assert cluster.adapt(minimum=0, maximum=3) == ScaleRange(0, 3)
-        assert (stand_in.spec["minWorkers"], stand_in.spec["maxWorkers"]) == (0, 3)
+        spec = get("daskcluster", cluster_id, namespace)["spec"]  # type: ignore[index]
+        assert (spec["minWorkers"], spec["maxWorkers"]) == (0, 3)
 
-    assert stand_in.requests[-1][:2] == ("DELETE", f"/clusters/{CLUSTER_ID}")
-    assert stand_in.scheduler_exit == 0
-    wait_for(lambda: not cluster_jobs(slurm), "the cluster's jobs to go", 60)
+    wait_for(lambda: get("daskcluster", cluster_id, namespace) is None, "the cluster to go")
+    wait_for(lambda: not jobs_of(slurm, namespace, cluster_id), "the cluster's jobs to go", 60)
     # The second handle's close finds the cluster gone already (404), which is what it wants.
     again.close()
 
 
-def test_refusal_names_the_field(api: tuple[StandInAPI, str]) -> None:
-    _, url = api
-    with pytest.raises(FacilityError, match="at most 8 cores") as refused:
-        FacilityCluster(cores=64, api_url=url, api_token=TOKEN)
-    assert refused.value.status == 403
+def test_refusal_names_the_field(facility: Facility) -> None:
+    with pytest.raises(FacilityError, match=r"worker\.cores must be an integer") as refused:
+        FacilityCluster(cores=500, **options(facility))
+    assert refused.value.status == 400
     assert refused.value.field == "worker.cores"
 
 
-def test_asynchronous_as_dask_labextension_uses_it(api: tuple[StandInAPI, str]) -> None:
-    stand_in, url = api
-
-    async def session() -> None:
+def test_asynchronous_as_dask_labextension_uses_it(facility: Facility, slurm: SlurmCluster) -> None:
+    async def session() -> str:
         cluster = await FacilityCluster(
-            edge_host="127.0.0.1", api_url=url, api_token=TOKEN, timeout=60, asynchronous=True
+            memory="256Mi", disk="100Mi", asynchronous=True, **options(facility)
         )
-        assert cluster.scheduler_address == f"tls://127.0.0.1:{stand_in.address.rsplit(':', 1)[1]}"
+        assert cluster.scheduler_address == f"tls://127.0.0.1:{facility.edge.edge.port}"
         await cluster.scale(1)
-        assert stand_in.spec["maxWorkers"] == 1
         async with Client(cluster, asynchronous=True) as client:
             await client.wait_for_workers(1, timeout=120)
         await cluster.close()
+        return str(cluster.name)
 
-    asyncio.run(session())
-    assert stand_in.scheduler_exit == 0
+    cluster_id = asyncio.run(session())
+    wait_for(lambda: not jobs_of(slurm, facility.namespace, cluster_id), "no job left", 60)
 
 
 def test_dask_labextension_makes_facility_clusters() -> None:

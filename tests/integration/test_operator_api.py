@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import json
 import re
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,30 +26,22 @@ from kubernetes import config as kube_config
 
 from tests.conftest import CHART, KUBECONFIG, free_port, kubectl, serve_app, wait_for
 from tests.integration.hub import Hub, run_hub
+from tests.integration.operator_stack import (
+    ADMIN_TOKEN,
+    get,
+    hub_api,
+    hub_values,
+    start_server,
+    user_tokens,
+)
 
 pytestmark = pytest.mark.cluster
 
-ADMIN_TOKEN = secrets.token_hex(32)
 QUOTAS = {
     "default": {"clusters": 2, "workers": 10, "cores": 20},
     "users": {},
     "groups": {"power": {"clusters": 3}},
 }
-
-
-def hub_values() -> dict[str, Any]:
-    """A development hub, plus a service that plays the site's admin and makes users' tokens."""
-    admin = {"name": "test-admin", "api_token": ADMIN_TOKEN}
-    role = {"name": "test-admin", "services": ["test-admin"],
-            "scopes": ["admin:users", "tokens", "admin:groups"]}  # fmt: skip
-    return {
-        "devMode": True,
-        "culler": {"enabled": False},
-        "hub": {
-            "tokenServicePort": free_port(),
-            "config": {"JupyterHub": {"services": [admin], "load_roles": [role]}},
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +50,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         yield running
 
 
-def hub_api(hub: Hub, method: str, path: str, body: Any = None) -> Any:
-    answer = requests.request(
-        method, f"{hub.url}/hub/api{path}", json=body, timeout=10,
-        headers={"Authorization": f"token {ADMIN_TOKEN}"},
-    )  # fmt: skip
-    assert answer.ok, answer.text
-    return answer.json()
-
-
 @pytest.fixture(scope="module")
 def tokens(hub: Hub) -> dict[str, str]:
-    """A JupyterHub token of each user, with no more scope than a notebook server's own."""
-    out = {}
-    for name in ("alice", "bob", "carol"):
-        hub_api(hub, "POST", f"/users/{name}")
-        made = hub_api(hub, "POST", f"/users/{name}/tokens",
-                       {"expires_in": 3600, "scopes": ["users:activity!user"]})  # fmt: skip
-        out[name] = made["token"]
+    out = user_tokens(hub, ("alice", "bob", "carol"))
     hub_api(hub, "POST", "/groups/power", {"users": ["carol"]})
     return out
 
@@ -125,55 +101,9 @@ def refused(answer: requests.Response, status: int, field: str | None = None) ->
     return body["error"]
 
 
-def get(kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-    done = kubectl("get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found")
-    return json.loads(done.stdout) if done.stdout.strip() else None
-
-
 def clusters_in(namespace: str) -> list[str]:
     done = kubectl("get", "daskclusters", "-n", namespace, "-o", "name")
     return [line.split("/")[-1] for line in done.stdout.split()]
-
-
-def start_server(user: str, namespace: str) -> dict[str, Any]:
-    """A pod as KubeSpawner makes a user's server (its labels and annotation), running."""
-    name = f"jupyter-{user}"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "component": "singleuser-server",
-                "hub.jupyter.org/username": user,
-                "app.kubernetes.io/component": "singleuser-server",
-            },
-            "annotations": {"hub.jupyter.org/username": user},
-        },
-        "spec": {
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 1000,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [
-                {
-                    "name": "notebook",
-                    "image": "facility/analysis:test",
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                }
-            ],
-        },
-    }
-    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
-    running = wait_for(
-        lambda: (p := get("pod", name, namespace)) and p["status"].get("phase") == "Running" and p,
-        f"{name} to run",
-    )
-    return running  # type: ignore[return-value]
 
 
 def test_alice_runs_her_cluster_and_bob_cannot_see_it(
@@ -190,7 +120,8 @@ def test_alice_runs_her_cluster_and_bob_cannot_see_it(
     assert cluster["owner"] == "alice"
     assert cluster["address"] == f"tls://{cid}.dask.af.test:443"
     assert (cluster["backend"], cluster["idleTimeout"]) == ("htcondor", 3600)  # the site's
-    assert cluster["worker"] == {"cores": 2, "memory": "4Gi", "disk": "4Gi", "image": ""}
+    assert cluster["worker"] == {"cores": 2, "memory": "4Gi", "disk": "4Gi", "image": "", "gpus": 0}
+    assert cluster["workerGroups"] == []
     assert (cluster["minWorkers"], cluster["maxWorkers"], cluster["phase"]) == (0, 4, "Pending")
 
     stored = get("daskcluster", cid, namespace)
@@ -200,6 +131,8 @@ def test_alice_runs_her_cluster_and_bob_cannot_see_it(
         "facility.hep.io/cluster": cid, "facility.hep.io/owner": "alice",
         "app.kubernetes.io/managed-by": "facility-operator", "app.kubernetes.io/instance": "af",
     }  # fmt: skip
+    # The owner's groups, for the operator's quotas on the workers (users cannot write this).
+    assert stored["metadata"]["annotations"]["facility.hep.io/owner-groups"] == "[]"
     (owner,) = stored["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", "jupyter-alice",
                                                            pod["metadata"]["uid"])  # fmt: skip
@@ -217,9 +150,16 @@ def test_alice_runs_her_cluster_and_bob_cannot_see_it(
     spec = get("daskcluster", cid, namespace)["spec"]  # type: ignore[index]
     assert (spec["minWorkers"], spec["maxWorkers"]) == (1, 8)
 
+    # The workers as the operator sees them: the chart's default backend, HTCondor, has no pool
+    # here, which is what a site sees while its schedd is down.
+    message = refused(alice("GET", f"/clusters/{cid}/workers"), 503)
+    assert message.startswith("the htcondor backend does not answer")
+
     # Bob sees nothing of it, and can do nothing to it.
     assert bob("GET", "/clusters").json() == []
-    for method, path in [("GET", ""), ("PATCH", ""), ("DELETE", ""), ("GET", "/credentials")]:
+    cases = [("GET", ""), ("PATCH", ""), ("DELETE", ""), ("GET", "/credentials"),
+             ("GET", "/workers"), ("GET", f"/workers/{cid}-default-0/logs")]  # fmt: skip
+    for method, path in cases:
         answer = bob(method, f"/clusters/{cid}{path}", {"maxWorkers": 0})
         assert refused(answer, 404) == f"no cluster {cid}"
     assert get("daskcluster", cid, namespace)["spec"]["maxWorkers"] == 8  # type: ignore[index]
@@ -305,6 +245,53 @@ def test_refusals_name_the_reason(api: str, tokens: dict[str, str], namespace: s
     for _ in range(3):
         assert carol("POST", "/clusters", {}).status_code == 201
     assert "(operator.quotas.groups.power.clusters)" in refused(carol("POST", "/clusters", {}), 403)
+
+
+def test_worker_groups(api: str, tokens: dict[str, str], namespace: str) -> None:
+    alice = Caller(api, tokens["alice"])
+    start_server("alice", namespace)
+    gpu = {"name": "gpu", "cores": 2, "gpus": 1, "memory": "8Gi", "maxWorkers": 2}
+    body = {"backend": "kubernetes", "maxWorkers": 2, "workerGroups": [gpu]}
+    made = alice("POST", "/clusters", body)
+    assert made.status_code == 201, made.text
+    cid = made.json()["id"]
+    (stored,) = made.json()["workerGroups"]
+    assert (stored["name"], stored["gpus"], stored["minWorkers"], stored["maxWorkers"]) == (
+        "gpu", 1, 0, 2,
+    )  # fmt: skip
+    # scale(n, group=...) sizes one group; the default one keeps its size.
+    scaled = alice("PATCH", f"/clusters/{cid}", {"group": "gpu", "minWorkers": 1, "maxWorkers": 1})
+    assert scaled.status_code == 200, scaled.text
+    spec = get("daskcluster", cid, namespace)["spec"]  # type: ignore[index]
+    assert (spec["workerGroups"][0]["minWorkers"], spec["workerGroups"][0]["maxWorkers"]) == (1, 1)
+    assert spec["maxWorkers"] == 2
+    message = refused(
+        alice("PATCH", f"/clusters/{cid}", {"group": "tpu", "maxWorkers": 1}), 400, "group"
+    )
+    assert "has no worker group 'tpu'; it has: default, gpu" in message
+    # Quotas count every group: 2 + 2 workers of 10 here, 2*1 + 2*2 cores of 20.
+    big = {"group": "gpu", "maxWorkers": 9}
+    assert "operator.quotas.default.workers" in refused(
+        alice("PATCH", f"/clusters/{cid}", big), 403, "maxWorkers"
+    )
+    # The workers as the operator sees them (its controller does not run here: none), and a
+    # worker that is not there.
+    assert alice("GET", f"/clusters/{cid}/workers").json() == []
+    answer = alice("GET", f"/clusters/{cid}/workers/{cid}-gpu-0/logs")
+    assert refused(answer, 404) == f"no worker {cid}-gpu-0 in cluster {cid}"
+    # Bad groups are refused by field.
+    for groups, field in [
+        ([{"name": "Bad Name"}], "workerGroups[0].name"),
+        ([{"name": "default"}], "workerGroups[0].name"),
+        ([{"name": "a"}, {"name": "a"}], "workerGroups[1].name"),
+        ([{"name": "a", "gpus": 99}], "workerGroups[0].gpus"),
+        ([{"name": "a", "colour": "red"}], "workerGroups[0].colour"),
+    ]:
+        refused(alice("POST", "/clusters", {"workerGroups": groups}), 400, field)
+    # What depends on the whole group is the API server's refusal, passed on by field.
+    answer = alice("POST", "/clusters", {"workerGroups": [{"name": "a", "minWorkers": 3}]})
+    message = refused(answer, 400, "workerGroups[0].minWorkers")
+    assert "a worker group's minWorkers must not exceed its maxWorkers" in message
 
 
 def test_stopping_the_server_ends_its_clusters(
