@@ -18,7 +18,8 @@ drift in the machine's load hits both alike. Writes report.json and report.png b
 
 usage: python bench/dask_edge/run.py [--tasks 10000] [--results 256] [--result-mib 4]
                                      [--batch 16] [--workers 2] [--repeats 5]
-                                     [--slurm-repeats 5]
+
+How long a worker takes to start is bench/workers (the operator makes the workers).
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ sys.path.insert(0, str(ROOT))
 
 import dask  # noqa: E402
 import distributed  # noqa: E402
-import slurm_start  # noqa: E402  (beside this script, which Python puts on sys.path)
 from distributed import Client  # noqa: E402
 from facility_operator.certs import new_facility_ca  # noqa: E402
 
@@ -238,17 +238,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def measure_slurm(report: dict[str, Any], repeats: int) -> None:
-    say(f"SLURM backend: scale(1) to the first worker, {repeats} times")
-    with tempfile.TemporaryDirectory(prefix="bench-dask-slurm-") as tmp:
-        report.update(slurm_start.measure(Path(tmp), repeats))
-    report["slurm_first_worker_date"] = datetime.datetime.now(datetime.UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
-    report["slurm_first_worker_load_average"] = list(os.getloadavg())
-    say(f"  median {report['slurm_first_worker_seconds']:.1f} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=10_000)
@@ -257,18 +246,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="results per gather")
     parser.add_argument("--workers", type=int, default=2, help="each with one thread")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--slurm-repeats", type=int, default=5, help="0: skip (needs root)")
-    parser.add_argument(
-        "--only-slurm",
-        action="store_true",
-        help="measure only the SLURM start time, into the existing report.json",
-    )
     args = parser.parse_args()
-    if args.only_slurm:
-        report = json.loads((HERE / "report.json").read_text())
-        measure_slurm(report, args.slurm_repeats)
-        (HERE / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        return
 
     report: dict[str, Any] = {
         "benchmark": "Dask with TLS: straight to the scheduler vs. through Traefik by SNI",
@@ -302,8 +280,6 @@ def main() -> None:
     report["machine"]["load_average_1_5_15_at_end"] = list(os.getloadavg())
     report["runs"] = runs
     report["result"] = summary(runs)
-    if args.slurm_repeats:
-        measure_slurm(report, args.slurm_repeats)
     (HERE / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, HERE / "report.png")
     ratios = report["result"]["ratio_edge_over_direct"]

@@ -58,6 +58,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "/auth/oidc/authorizeUrl",
     ),
     ("external db without url", {"hub": {"db": {"type": "url"}}}, "/hub/db/url"),
+    (
+        "no worker interval",
+        {"operator": {"workers": {"interval": 0}}},
+        "/operator/workers/interval",
+    ),
     ("negative volume size", {"hub": {"db": {"pvc": {"storage": "-5Gi"}}}}, "/hub/db/pvc/storage"),
     (
         "node port on a ClusterIP service",
@@ -102,3 +107,15 @@ def test_install_names_the_key(bad: tuple[Path, str], cluster: Path) -> None:
     assert done.returncode != 0
     assert message in done.stderr
     assert "panic" not in done.stderr
+
+
+def test_the_schedulers_old_egress_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """operator.scheduler.networkPolicy opened the schedulers to the batch system; the operator
+    submits the workers now, so a site's old value is refused (at render: helm lint lets a
+    template's `fail` pass) with where its rules go instead."""
+    values = tmp_path / "values.yaml"
+    egress = {"extraEgress": [{"ports": [{"port": 9618}]}]}
+    values.write_text(yaml.safe_dump({"operator": {"scheduler": {"networkPolicy": egress}}}))
+    done = helm("template", "af", str(CHART), "-f", str(values), check=False)
+    assert done.returncode != 0
+    assert "Move its extraEgress rules to operator.networkPolicy.extraEgress" in done.stderr

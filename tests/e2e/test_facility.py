@@ -337,17 +337,33 @@ def test_a_user_logs_in_through_the_edge_and_gets_jupyterlab(
 # the analysis image, the pod's own environment (the operator's URL, the user's hub token).
 # No DNS resolves <cluster>.<dask domain> here: the client dials the edge's Service and sends
 # the cluster's name as SNI (edge_host), as the workers do (operator.backends.kubernetes).
+# It prints its result, then waits for a line on stdin before it closes the cluster, so that
+# the test can look at the scheduler pod meanwhile.
 DASK_IN_THE_NOTEBOOK = f"""
-import json
+import json, sys, time
 from facility_client.cluster import FacilityCluster
 with FacilityCluster(edge_host="{FULLNAME}-edge.{NAMESPACE}.svc", timeout=300) as cluster:
-    # One worker: a worker pod asks for a whole core, and this node has two, mostly taken.
     cluster.scale(1)
     with cluster.get_client() as client:
         client.wait_for_workers(1, timeout=300)
         total = client.submit(sum, client.map(lambda x: x * x, range(100))).result(timeout=120)
         workers = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
-    print(json.dumps({{"id": cluster.name, "sum": total, "workers": workers}}))
+    # A second worker: it connects, or (this node has two cores, mostly taken) it waits and
+    # the operator says why.
+    cluster.scale(2)
+    deadline = time.monotonic() + 180
+    while True:
+        seen = cluster.workers()
+        connected = [w for w in seen if w["state"] == "connected"]
+        waiting = [w for w in seen if w["state"] == "pending" and w["reason"]]
+        if len(connected) == 2 or (len(connected) == 1 and waiting):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the second worker: {{seen}}")
+        time.sleep(1)
+    print(json.dumps({{"id": cluster.name, "sum": total, "workers": workers, "seen": seen}}))
+    sys.stdout.flush()
+    sys.stdin.readline()
 """
 
 
@@ -366,21 +382,52 @@ def dask_objects(facility: Facility, cluster_id: str) -> list[str]:
 def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> None:
     """Mode: real node. From alice's notebook pod, FacilityCluster asks the operator's API (with
     her hub token) for a cluster of the Kubernetes backend; the operator makes the scheduler
-    pod, its TLS identity and its route on the edge; a worker pod joins through the edge by
-    SNI; a computation is right; close() ends it, and nothing of the cluster is left."""
+    pod, its TLS identity, its route on the edge and the worker pods; a worker joins through
+    the edge by SNI; a computation is right; a second worker connects or waits with the
+    scheduler's reason; the scheduler pod holds no ServiceAccount token; close() ends it, and
+    nothing of the cluster is left."""
     if not (server(facility) or {}).get("ready"):
         start_server(facility)
-    done = subprocess.run(
-        [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec",
+    notebook = subprocess.Popen(
+        [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec", "-i",
          "-n", NAMESPACE, f"jupyter-{USER}", "--", "python3", "-c", DASK_IN_THE_NOTEBOOK],
-        capture_output=True, text=True, timeout=900,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[:3000] + done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["sum"] == sum(x * x for x in range(100))
+    assert notebook.stdout is not None
+    assert notebook.stdin is not None
+    line = notebook.stdout.readline()  # the result, or "" if the script ended with an error
+    if not line:
+        notebook.wait(timeout=60)
+        pytest.fail(f"the notebook's script failed:\n{notebook.stderr.read()[-4000:]}")  # type: ignore[union-attr]
+    result = json.loads(line)
     cluster_id = result["id"]
-    assert cluster_id.startswith(f"{USER}-")
-    assert result["workers"] == [f"{cluster_id}-worker-0"]
+    try:
+        assert result["sum"] == sum(x * x for x in range(100))
+        assert cluster_id.startswith(f"{USER}-")
+        assert result["workers"] == [f"{cluster_id}-default-0"]
+        states = sorted(w["state"] for w in result["seen"])
+        assert states in (["connected", "connected"], ["connected", "pending"]), result["seen"]
+        if "pending" in states:
+            (waiting,) = [w for w in result["seen"] if w["state"] == "pending"]
+            assert "Insufficient" in waiting["reason"], waiting
+
+        # The scheduler runs the user's code: no Kubernetes token in it.
+        scheduler = f"{cluster_id}-scheduler"
+        pod = facility.json("get", "pod", scheduler, "-n", NAMESPACE)
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        mounted = [m["mountPath"] for c in pod["spec"]["containers"] for m in c["volumeMounts"]]
+        assert not [m for m in mounted if "serviceaccount" in m], mounted
+        probe = subprocess.run(
+            [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec",
+             "-n", NAMESPACE, scheduler, "--", "python", "-c",
+             "import os; print(os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount'))"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert probe.stdout.strip() == "False", probe.stdout + probe.stderr
+    finally:
+        notebook.stdin.write("\n")
+        notebook.stdin.close()
+        assert notebook.wait(timeout=300) == 0, notebook.stderr.read()[-3000:]  # type: ignore[union-attr]
     # close(): the operator's finalizer, then the garbage collector: no pod, Service, Secret,
     # route or DaskCluster of it remains.
     wait_for(

@@ -1,5 +1,4 @@
-"""A one-machine SLURM (munged, slurmctld, slurmd from Debian) for tests and benchmarks, and
-the facility's scheduler program running its SLURM backend on it.
+"""A one-machine SLURM (munged, slurmctld, slurmd from Debian) for tests and benchmarks.
 
 Everything lives in a directory of the caller's: the munge key and socket, slurm.conf, state,
 spool and logs; the daemons listen on loopback ports of the caller's choice. Nothing global
@@ -12,21 +11,16 @@ the slurm.conf names the munge socket. Needs root (slurmd starts jobs as their u
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from facility_operator.certs import ClusterIdentity, new_cluster_identity, new_facility_ca
 
 STARTUP_SECONDS = 60
 
@@ -195,115 +189,3 @@ def _wait(condition: object, what: str, slurm: SlurmCluster) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}\n{slurm.logs()}")
         time.sleep(0.5)
-
-
-def write_identity(tls_dir: Path, cluster_id: str, sni: str) -> ClusterIdentity:
-    """A cluster's TLS Secret as files (facility_operator.certs), as the pod mounts it."""
-    identity = new_cluster_identity(new_facility_ca("test"), cluster_id, sni)
-    tls_dir.mkdir(mode=0o700, parents=True)
-    for name, pem in identity.secret_data().items():
-        (tls_dir / name).write_text(pem)
-    return identity
-
-
-def write_scale(path: Path, minimum: int, maximum: int) -> None:
-    """Write the downward-API annotations file as the kubelet does: replaced at once."""
-    temporary = path.with_suffix(".new")
-    temporary.write_text(
-        f'facility.hep.io/max-workers="{maximum}"\n'
-        f'facility.hep.io/min-workers="{minimum}"\n'
-        'kubernetes.io/config.seen="2026-01-01T00:00:00Z"\n'
-    )
-    temporary.replace(path)
-
-
-@dataclass(frozen=True)
-class SchedulerProgram:
-    """`python -m facility_client.scheduler` with the SLURM backend, as its pod runs it."""
-
-    process: subprocess.Popen[bytes]
-    annotations: Path
-    log: Path
-    port: int
-    dashboard_port: int
-
-    def scale(self, minimum: int, maximum: int | None = None) -> None:
-        write_scale(self.annotations, minimum, minimum if maximum is None else maximum)
-
-    def stop(self) -> int:
-        """SIGTERM, as Kubernetes stops the pod; the exit code."""
-        self.process.terminate()
-        return self.process.wait(timeout=60)
-
-
-@contextmanager
-def scheduler_program(
-    slurm: SlurmCluster,
-    workdir: Path,
-    *,
-    cluster_id: str,
-    namespace: str,
-    contact_address: str,
-    edge_host: str,
-    port: int,
-    dashboard_port: int,
-    idle_timeout: int = 0,
-) -> Iterator[SchedulerProgram]:
-    """The scheduler program, with the contract's environment, until its dashboard answers.
-
-    Workers (SLURM jobs on this host) dial `edge_host` at the contact address's port with the
-    cluster's name as SNI, and listen on loopback only. Killed at the end if still running.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    annotations = workdir / "annotations"
-    env = {
-        **slurm.env,
-        "FACILITY_CLUSTER_ID": cluster_id,
-        "FACILITY_NAMESPACE": namespace,
-        "FACILITY_BACKEND": "slurm",
-        "FACILITY_CONTACT_ADDRESS": contact_address,
-        "FACILITY_TLS_DIR": str(workdir / "tls"),
-        "FACILITY_IDLE_TIMEOUT": str(idle_timeout),
-        "FACILITY_WORKER_CORES": "1",
-        "FACILITY_WORKER_MEMORY": "256Mi",
-        "FACILITY_WORKER_DISK": "100Mi",
-        "FACILITY_WORKER_IMAGE": "localhost/facility/worker:test",
-        "FACILITY_BACKEND_CONFIG": json.dumps(
-            {"edge_host": edge_host, "interface": "lo", "partition": "debug", "death_timeout": 60}
-        ),
-        "FACILITY_SCHEDULER_HOST": "127.0.0.1",
-        "FACILITY_SCHEDULER_PORT": str(port),
-        "FACILITY_DASHBOARD_PORT": str(dashboard_port),
-        "FACILITY_PODINFO": str(annotations),
-    }
-    log = workdir / "scheduler.log"
-    jobs = workdir / "jobs"  # sbatch writes the jobs' output files to its working directory
-    jobs.mkdir(exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "facility_client.scheduler"],
-            env=env,
-            cwd=jobs,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    program = SchedulerProgram(process, annotations, log, port, dashboard_port)
-    try:
-        _wait(
-            lambda: _answers(f"http://127.0.0.1:{dashboard_port}/health"),
-            f"the scheduler ({log})",
-            slurm,
-        )
-        yield program
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5):
-            return True
-    except OSError:
-        return False

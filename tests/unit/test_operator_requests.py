@@ -39,6 +39,11 @@ def test_bounds_are_the_crds() -> None:
     assert set(SETTINGS.backends) <= set(props["backend"]["enum"])
     assert set(validation.CLUSTER_FIELDS) == set(props) - {"owner"}
     assert set(validation.WORKER_FIELDS) == set(worker)
+    assert (worker["gpus"]["minimum"], worker["gpus"]["maximum"]) == validation.GPUS
+    groups = props["workerGroups"]
+    assert groups["maxItems"] == validation.GROUPS
+    assert set(validation.GROUP_FIELDS) == set(groups["items"]["properties"])
+    assert groups["items"]["properties"]["name"]["pattern"] == validation.GROUP_NAME.pattern
 
 
 def test_a_request_gets_the_sites_defaults() -> None:
@@ -51,7 +56,14 @@ def test_a_request_gets_the_sites_defaults() -> None:
 BAD_BODIES = [
     ([], None, "the body must be a JSON object"),
     ({"workers": 3}, "workers", "unknown field workers; known: backend, worker, minWorkers"),
-    ({"worker": {"gpus": 1}}, "worker.gpus", "unknown field worker.gpus"),
+    ({"worker": {"tpus": 1}}, "worker.tpus", "unknown field worker.tpus"),
+    ({"worker": {"gpus": 17}}, "worker.gpus", "worker.gpus must be an integer between 0 and 16"),
+    ({"workerGroups": {}}, "workerGroups", "workerGroups must be a list of at most 8 groups"),
+    (
+        {"workerGroups": [{"name": "gpu", "maxWorkers": -1}]},
+        "workerGroups[0].maxWorkers",
+        "between 0 and 10000",
+    ),
     ({"worker": 4}, "worker", "worker must be a JSON object"),
     ({"worker": {"cores": 0}}, "worker.cores", "worker.cores must be an integer between 1 and 128"),
     ({"worker": {"cores": 129}}, "worker.cores", "between 1 and 128"),
@@ -81,12 +93,14 @@ def test_never_idle_only_where_the_site_allows_it() -> None:
 
 
 def test_scale_requests() -> None:
-    assert validation.scale_request({"minWorkers": 2, "maxWorkers": 2}) == {
-        "minWorkers": 2, "maxWorkers": 2
-    }  # fmt: skip
-    assert validation.scale_request({"maxWorkers": 5}) == {"maxWorkers": 5}
-    # min > max is the API server's to refuse: it sees the cluster's other value too.
-    assert validation.scale_request({"minWorkers": 9, "maxWorkers": 1})["minWorkers"] == 9
+    assert validation.scale_request({"minWorkers": 2, "maxWorkers": 2}) == (
+        None, {"minWorkers": 2, "maxWorkers": 2},
+    )  # fmt: skip
+    assert validation.scale_request({"maxWorkers": 5}) == (None, {"maxWorkers": 5})
+    assert validation.scale_request({"group": "gpu", "maxWorkers": 5}) == ("gpu", {"maxWorkers": 5})
+    # Across fields (minWorkers <= maxWorkers) is the API server's check.
+    assert validation.scale_request({"minWorkers": 9, "maxWorkers": 1})[1]["minWorkers"] == 9
+    assert refusal(validation.scale_request, {"group": 3, "maxWorkers": 1}).field == "group"
     assert refusal(validation.scale_request, {}).message == "send minWorkers, maxWorkers or both"
     assert refusal(validation.scale_request, {"backend": "slurm"}).field == "backend"
     assert refusal(validation.scale_request, {"maxWorkers": 10001}).field == "maxWorkers"
