@@ -33,8 +33,9 @@ ANALYSIS_IN = ROOT / "images/analysis/requirements.in"
 ANALYSIS = ROOT / "images/analysis/requirements.txt"
 HUB = ROOT / "images/hub/requirements.txt"
 OPERATOR = ROOT / "images/operator/requirements.txt"
-# What the operator needs of the scientific stack: facility_client's backends (dask-jobqueue).
-OPERATOR_SCIENCE = ("dask", "distributed", "dask-jobqueue")
+# What the operator needs of the scientific stack: facility_client and Dask's utilities (the
+# operator asks the schedulers through Dask's HTTP API; it makes the workers itself).
+OPERATOR_SCIENCE = ("dask", "distributed")
 
 
 def canonical(name: str) -> str:

@@ -3,8 +3,7 @@
 Every cluster has its own CA, signed by the facility CA. `ClusterSecurity` makes the cluster CA
 a trust anchor on its own (OpenSSL's partial-chain flag), so a scheduler or worker built with it
 refuses a certificate of any other cluster, although the same facility CA signed both (workers
-listen too: facility_client.worker). The cluster's `tls.crt` carries the leaf and the cluster
-CA, so a client that trusts the facility CA verifies the whole chain.
+listen too: facility_client.worker). The user's client trusts its cluster's CA alone too.
 """
 
 from __future__ import annotations
@@ -56,11 +55,14 @@ def scheduler_security(tls_dir: Path) -> ClusterSecurity:
 
 
 def client_security(
-    facility_ca: str, tls_cert: str, tls_key: str, sni: str | None = None
+    cluster_ca: str, tls_cert: str, tls_key: str, sni: str | None = None
 ) -> ClusterSecurity:
-    """A client's settings from PEM text (the user API's credentials): it trusts the facility CA."""
+    """A client's settings from PEM text (the user API's credentials). It trusts its cluster's
+    CA alone (partial chain), so another cluster's scheduler, whose leaf the same facility CA
+    signed, fails the handshake: Dask checks no host name, and a client unpickles what its
+    scheduler sends."""
     return ClusterSecurity(
-        tls_ca_file=facility_ca,
+        tls_ca_file=cluster_ca,
         tls_client_cert=tls_cert,
         tls_client_key=tls_key,
         sni=sni,

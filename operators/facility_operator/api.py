@@ -260,7 +260,9 @@ async def credentials(request: web.Request) -> web.Response:
         message = f"the operator has not made the credentials of {cluster_id} yet; ask again"
         raise ApiError(409, message) from error
     return web.json_response({
-        "ca": secret["ca.crt"],
+        # The cluster's own CA, not the facility's: a client that trusts it alone (partial
+        # chain) refuses a scheduler that presents any other cluster's leaf.
+        "ca": secret["cluster-ca.crt"],
         "tls_cert": secret["tls.crt"],
         "tls_key": secret["tls.key"],
         "address": resources.scheduler_address(settings, cluster),

@@ -75,8 +75,8 @@ class Settings:
         return f"{self.fullname}-dask-ca"
 
     def backend_config(self, backend: str) -> dict[str, Any]:
-        """One backend's values from the chart as the backends read them (FACILITY_BACKEND_CONFIG):
-        keys in snake_case (edgeHost -> edge_host), empty strings and nulls left out (unset)."""
+        """One backend's values from the chart as the backends read them: keys in snake_case
+        (edgeHost -> edge_host), empty strings and nulls left out (unset)."""
         values = self.backends.get(backend) or {}
         return {_snake_case(key): value for key, value in values.items() if value not in ("", None)}
 

@@ -212,10 +212,11 @@ class Cluster:
         return f"tls://{LOOPBACK}:{self.scheduler_port}"
 
     def security(self, through_edge: bool) -> ClusterSecurity:
-        """The user's client settings (the user API's credentials), with the SNI for the edge."""
+        """The user's client settings (the user API's credentials: the cluster's own CA), with the
+        SNI for the edge."""
         identity = self.identity
         sni = self.sni if through_edge else None
-        return client_security(identity.facility_ca, identity.tls_cert, identity.tls_key, sni)
+        return client_security(identity.cluster_ca, identity.tls_cert, identity.tls_key, sni)
 
 
 def new_cluster(facility_ca: KeyPair, user: str, workdir: Path, edge_port: int) -> Cluster:

@@ -13,6 +13,11 @@ it needs around it to drive real Dask workers on loopback.
   forwarder, `FACILITY_SCHEDULER_URL=http://127.0.0.1:<port>/{cluster_id}`, since the pod's
   Service address leads nowhere under kwok.
 
+- `running_facility`: all of the above with a real JupyterHub (users' tokens), each user's
+  server pod (as KubeSpawner labels it; kwok runs it) and the operator's user API, so that
+  `FacilityCluster` walks a user's whole path (tests/integration/test_facility_cluster.py,
+  bench/workers).
+
 Workers are started by the operator alone (SLURM jobs on this host, or pods that kwok runs).
 """
 

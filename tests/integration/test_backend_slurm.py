@@ -203,7 +203,7 @@ def user_client(stack: Stack, cluster_id: str) -> Iterator[Client]:
     done = kubectl("get", "secret", f"{cluster_id}-tls", "-n", stack.namespace, "-o", "json")
     data = {k: base64.b64decode(v).decode() for k, v in json.loads(done.stdout)["data"].items()}
     sni = f"{cluster_id}.{dask_edge.DOMAIN}"
-    security = client_security(data["ca.crt"], data["tls.crt"], data["tls.key"], sni)
+    security = client_security(data["cluster-ca.crt"], data["tls.crt"], data["tls.key"], sni)
     with Client(stack.edge.edge.address, security=security, timeout=30) as client:
         yield client
 
@@ -402,6 +402,28 @@ def test_operator_killed_in_a_scale_up_makes_no_duplicate(stack: Stack) -> None:
     jobs = active_jobs(stack.slurm, stack.namespace, cluster_id)
     assert len(jobs) == 2
     assert len(set(job_names(stack.slurm, jobs).values())) == 2
+    delete(stack, cluster_id)
+
+
+def test_operator_killed_in_a_scale_down_loses_no_worker(stack: Stack) -> None:
+    cluster_id = make_cluster(stack, "alice-crdwn", minWorkers=2, maxWorkers=2)
+    with user_client(stack, cluster_id) as client:
+        client.wait_for_workers(2, timeout=120)
+        data = client.scatter(list(range(1000)), broadcast=False)
+        patch_spec(stack, cluster_id, {"minWorkers": 1, "maxWorkers": 1})
+        stack.operator.kill()  # before, during or after the retirement: whichever it hits
+        stack.operator.start()
+        wait_for(
+            lambda: len(active_jobs(stack.slurm, stack.namespace, cluster_id)) == 1,
+            "one job left after the restart",
+        )
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert sum(client.gather(data)) == sum(range(1000))
+        # And up again: a new name, no second worker of an old one.
+        patch_spec(stack, cluster_id, {"minWorkers": 2, "maxWorkers": 2})
+        client.wait_for_workers(2, timeout=120)
+        names = job_names(stack.slurm, active_jobs(stack.slurm, stack.namespace, cluster_id))
+        assert len(set(names.values())) == 2
     delete(stack, cluster_id)
 
 

@@ -18,6 +18,7 @@ import http.server
 import re
 import socket
 import ssl
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,7 +162,8 @@ def test_each_user_computes_on_their_own_workers_through_one_port(facility):
 def test_one_users_credentials_fail_the_handshake_with_anothers_scheduler(facility):
     alice, bob = facility.clusters["alice"], facility.clusters["bob"]
     before = facility.log_offsets()
-    # Alice's certificate and key, sent through the edge to Bob's cluster.
+    # Alice's certificate and key, sent through the edge to Bob's cluster (an intruder may trust
+    # whatever it likes: Bob's scheduler's own check is what is tested here).
     intruder = client_security(alice.identity.facility_ca, alice.identity.tls_cert,
                                alice.identity.tls_key, sni=bob.sni)  # fmt: skip
     error = dask_connect_error(facility.edge.address, intruder)
@@ -183,8 +185,8 @@ def test_unknown_or_missing_sni_reaches_no_scheduler(facility, sni):
     assert common_name == "TRAEFIK DEFAULT CERT"
     assert response.startswith("HTTP/1.1 200")
     assert response.endswith(HUB_BODY)
-    # A Dask client, verifying against the facility CA, refuses that certificate at once.
-    security = client_security(alice.identity.facility_ca, alice.identity.tls_cert,
+    # A Dask client, verifying against its cluster's CA, refuses that certificate at once.
+    security = client_security(alice.identity.cluster_ca, alice.identity.tls_cert,
                                alice.identity.tls_key, sni=sni)  # fmt: skip
     error = dask_connect_error(facility.edge.address, security)
     assert "TLS certificate does not match" in str(error)
@@ -200,3 +202,56 @@ def test_hub_https_still_answers_on_the_same_port(facility):
     assert common_name == "TRAEFIK DEFAULT CERT"  # no certificate configured: the chart's default
     assert response.startswith("HTTP/1.1 200")
     assert response.endswith(HUB_BODY)
+
+
+@contextlib.contextmanager
+def posing_scheduler(leaf: str, key: str, anyone_signed_by: str) -> Iterator[int]:
+    """A TLS server that presents another cluster's leaf and accepts any client certificate the
+    facility CA signed: what a user who controls their own scheduler could run to pose as
+    someone else's. Yields its loopback port; it answers the handshake and nothing more."""
+    directory = Path(tempfile.mkdtemp())
+    (directory / "leaf.pem").write_text(leaf)
+    (directory / "key.pem").write_text(key)
+    (directory / "ca.pem").write_text(anyone_signed_by)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "leaf.pem", directory / "key.pem")
+    context.load_verify_locations(directory / "ca.pem")
+    context.verify_mode = ssl.CERT_OPTIONAL
+    server = socket.create_server((LOOPBACK, 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                raw, _ = server.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), context.wrap_socket(raw, server_side=True):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        server.close()
+
+
+def test_a_scheduler_with_another_clusters_leaf_fails_the_clients_handshake(facility):
+    """Bob holds his own cluster's leaf (signed, like Alice's, by the facility CA) and runs his
+    own code in his scheduler: he may present it to Alice's client. Alice's client trusts only
+    her cluster's CA (the API's credentials, with partial chain), so the handshake fails
+    before anything is sent or unpickled."""
+    alice, bob = facility.clusters["alice"], facility.clusters["bob"]
+    with posing_scheduler(bob.identity.tls_cert, bob.identity.tls_key,
+                          bob.identity.facility_ca) as port:  # fmt: skip
+        error = dask_connect_error(f"tls://{LOOPBACK}:{port}", alice.security(through_edge=True))
+    assert isinstance(error.__cause__, ssl.SSLCertVerificationError)
+    assert "unable to get local issuer certificate" in str(error.__cause__)
+    # Her own scheduler she still reaches (the positive case of the same credentials).
+    with Client(facility.edge.address, security=alice.security(through_edge=True)) as client:
+        assert client.scheduler_info()["address"] == alice.direct_address

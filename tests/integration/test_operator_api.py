@@ -174,7 +174,7 @@ def test_alice_runs_her_cluster_and_bob_cannot_see_it(
                              "tls.crt": "LEAF", "tls.key": "KEY"}}  # fmt: skip
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(secret))
     assert alice("GET", f"/clusters/{cid}/credentials").json() == {
-        "ca": "FACILITY CA", "tls_cert": "LEAF", "tls_key": "KEY",
+        "ca": "CLUSTER CA", "tls_cert": "LEAF", "tls_key": "KEY",
         "address": f"tls://{cid}.dask.af.test:443",
     }  # fmt: skip
 

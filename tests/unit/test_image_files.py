@@ -95,7 +95,10 @@ def test_operator_pins_agree_with_pyproject_and_the_workers() -> None:
     wanted = dict(canonical(r) for r in [*project["dependencies"], *extra])
     operator = pins(IMAGES / "operator/requirements.txt")
     assert {name: operator.get(name) for name in wanted} == wanted
-    # The operator imports facility_client's backends: the Dask the scheduler pods run.
+    # The operator imports facility_client (the shared names) and asks the schedulers through
+    # Dask's HTTP API: the Dask the scheduler pods run.
     science = pins(IMAGES / "requirements/science.txt")
-    for name in ("dask", "distributed", "dask-jobqueue"):
+    for name in ("dask", "distributed"):
         assert operator[name] == science[name]
+    # It makes the workers itself: dask-jobqueue is the notebooks' business, not the operator's.
+    assert "dask-jobqueue" not in operator
