@@ -76,9 +76,10 @@ test-integration: venv tools ## Integration tests: tools, ci/cluster, real proce
 	$(PYTEST) tests/integration
 
 .PHONY: bench
-bench: venv tools ## Benchmarks, not tests (root): bench/xcache/report.json and report.png
+bench: venv tools cluster-up ## Benchmarks, not tests (root): bench/<name>/report.json and report.png
 	$(VENV)/bin/python bench/xcache/run.py
 	$(VENV)/bin/python bench/dask_edge/run.py
+	$(VENV)/bin/python bench/workers/run.py
 
 clean: ## Remove the virtualenv and tool links (the tool cache in ~/.cache stays)
 	rm -rf $(VENV) .tools
