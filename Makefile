@@ -17,8 +17,9 @@ help: ## List the targets
 up: ## Bring the facility up: tools, images, a real-node cluster, login, chart (FACILITY_NODES=kwok: simulated)
 	ci/up
 
-down: ## Remove the facility, stop the local cluster (deletes all its data) and the image builder
+down: ## Remove the facility, stop the local clusters (deletes all their data) and the image builder
 	ci/cluster down
+	$(TEST_CLUSTER) ci/cluster down
 	ci/images down
 
 tools: ## Build the pinned tools from their Go modules into ~/.cache/facility
@@ -54,8 +55,13 @@ lint: venv tools ## ruff, shell syntax, helm lint --strict
 	for script in ci/tools ci/cluster ci/cluster.d/*.sh ci/up ci/prereqs ci/traefik-crds ci/gitops-crds .ci/run; do bash -n $$script; done
 	helm lint --strict charts/facility
 
-test: lint cluster-up ## Run every test layer (starts the local cluster)
-	$(PYTEST) tests -m "not realnode and not images"
+# The test layers' own local cluster (kwok nodes), so that `make test` runs beside `make up`'s
+# facility (which keeps .cluster); the e2e layer then uses make up's cluster (tests/e2e).
+TEST_CLUSTER := FACILITY_CLUSTER_DIR=$(CURDIR)/.cluster-test FACILITY_CLUSTER_PORT_BASE=18400 FACILITY_NODES=kwok
+
+test: lint ## Run every test layer (starts the test layers' own local cluster, .cluster-test)
+	$(TEST_CLUSTER) ci/cluster up
+	$(TEST_CLUSTER) $(PYTEST) tests -m "not realnode and not images"
 
 test-e2e: venv tools ## End-to-end: ci/up on a real-node cluster of its own, login, JupyterLab, upgrade, uninstall
 	$(PYTEST) tests/e2e -m e2e

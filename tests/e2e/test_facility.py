@@ -8,7 +8,10 @@ then `helm uninstall` removes what the chart made.
 
 Every test here runs in the real-node mode (FACILITY_NODES=real) and says so; there is no kwok
 fallback for these (no container runs on kwok nodes). Only one real-node cluster can run on a
-machine (the cni0 bridge): the module fails at once if another one runs.
+machine (the cni0 bridge). When `make up`'s facility runs (the README's first command, before
+`make test`), the tests use its cluster: their own release and namespace (`e2e`) on a node
+port of their own, removed at the end, and `make up`'s facility is left as it was. Any other
+real-node cluster makes the module fail at once.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ KEPT_AFTER_UNINSTALL = {
 }
 
 
+# The node port of the tests' own edge: make up's, when its cluster is shared, or the default.
+SHARED_NODE_PORT = 30444
+MAKE_UP_STATE = Path(os.environ.get("FACILITY_UP_CLUSTER_DIR", ROOT / ".cluster"))
+
+
 @dataclass
 class Facility:
     env: dict[str, str]
@@ -66,11 +74,13 @@ class Facility:
     work: Path
     node_ip: str
     token: str  # an admin service's API token (tests/e2e's own values)
+    node_port: int = 30443
+    shared: bool = False  # on make up's cluster, beside its facility
     durations: dict[str, float] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"https://{self.node_ip}:30443"
+        return f"https://{self.node_ip}:{self.node_port}"
 
     def kubectl(self, *args: str, check: bool = True, **kwargs: Any) -> str:
         done = subprocess.run(
@@ -155,21 +165,27 @@ def facility(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Facility]:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    if " cni0:" in links:
+    shared = " cni0:" in links
+    if shared and not make_up_cluster_runs():
         pytest.fail(
-            "another real-node cluster runs on this machine (the cni0 bridge exists): "
-            "only one can; stop it (FACILITY_CLUSTER_DIR=... ci/cluster down)"
+            "another real-node cluster runs on this machine (the cni0 bridge exists), and it is "
+            f"not make up's ({MAKE_UP_STATE}): only one can; stop it "
+            "(FACILITY_CLUSTER_DIR=... ci/cluster down)"
         )
     work = tmp_path_factory.mktemp("e2e")
-    state = work / "cluster"
+    state = MAKE_UP_STATE if shared else work / "cluster"
     env = {
         **os.environ,
         "FACILITY_CLUSTER_DIR": str(state),
-        "FACILITY_CLUSTER_PORT_BASE": str(PORT_BASE),
         "FACILITY_NODES": "real",
         "FACILITY_NAMESPACE": NAMESPACE,
         "FACILITY_RELEASE": RELEASE,
     }
+    if shared:
+        env["FACILITY_NODE_PORT"] = str(SHARED_NODE_PORT)
+        report(request, f"make up's facility runs: the tests use its cluster ({state})")
+    else:
+        env["FACILITY_CLUSTER_PORT_BASE"] = str(PORT_BASE)
     token = secrets.token_hex(32)
     # An admin service of the hub, so that the tests can stop and start servers and reach the
     # users' servers through the hub's API (JupyterHub's own way for scripts).
@@ -193,7 +209,8 @@ def facility(
             }
         )
     )
-    site = Facility(env, state, work, node_ip="", token=token)
+    site = Facility(env, state, work, node_ip="", token=token, shared=shared,
+                    node_port=SHARED_NODE_PORT if shared else 30443)  # fmt: skip
     began = time.monotonic()
     try:
         took = site.durations["make up (no cluster yet)"] = site.up()
@@ -207,17 +224,45 @@ def facility(
         assert "mode=real" in cluster_env.splitlines()
         yield site
     finally:
-        down = subprocess.run(
-            [str(ROOT / "ci" / "cluster"), "down"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        report(request, f"tests/e2e, ci/up to ci/cluster down: {time.monotonic() - began:.0f}s")
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        if down.returncode != 0 or " cni0:" in links:
-            pytest.fail(f"ci/cluster down left the real node behind:\n{down.stdout}{down.stderr}")
+        if shared:
+            remove_release(site)
+            report(request, f"tests/e2e on make up's cluster: {time.monotonic() - began:.0f}s")
+        else:
+            down = subprocess.run(
+                [str(ROOT / "ci" / "cluster"), "down"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            report(request, f"tests/e2e, ci/up to ci/cluster down: {time.monotonic() - began:.0f}s")
+            links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+            if down.returncode != 0 or " cni0:" in links:
+                pytest.fail(
+                    f"ci/cluster down left the real node behind:\n{down.stdout}{down.stderr}"
+                )
+
+
+def make_up_cluster_runs() -> bool:
+    """Whether the real-node cluster of this machine is make up's, and answers."""
+    env_file = MAKE_UP_STATE / "cluster.env"
+    if not env_file.is_file() or "mode=real" not in env_file.read_text().splitlines():
+        return False
+    done = subprocess.run(
+        [str(TOOLS / "kubectl"), f"--kubeconfig={MAKE_UP_STATE / 'kubeconfig'}", "get", "--raw",
+         "/readyz"], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return done.returncode == 0
+
+
+def remove_release(site: Facility) -> None:
+    """What the tests added to make up's cluster goes; make up's facility stays."""
+    subprocess.run(
+        [str(TOOLS / "helm"), f"--kubeconfig={site.state / 'kubeconfig'}", "uninstall", RELEASE,
+         "--namespace", NAMESPACE, "--wait", "--ignore-not-found"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    site.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=300s")
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
