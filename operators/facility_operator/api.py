@@ -25,6 +25,7 @@ from aiohttp import web
 from kubernetes import client
 
 from facility_operator import kube_config, quotas, resources, validation
+from facility_operator.backends.base import is_worker_of
 from facility_operator.clusters import Clusters
 from facility_operator.errors import ApiError
 from facility_operator.hub_auth import HubAuth, User
@@ -219,6 +220,8 @@ async def worker_logs(request: web.Request) -> web.Response:
     user = await caller(request)
     cluster = await request.app[CLUSTERS].one(user.name, request.match_info["id"])
     name = request.match_info["name"]
+    if not is_worker_of(name, resources.cluster_id(cluster)):
+        raise ApiError(404, f"no worker {name} in cluster {resources.cluster_id(cluster)}")
     async with backend_errors(cluster):
         text = await request.app[WORKERS].log_of(cluster, name)
     if text is None:

@@ -162,6 +162,10 @@ async def remove_batch_jobs(
         if asyncio.get_running_loop().time() > deadline:
             raise kopf.TemporaryError("the scheduler pod has not stopped yet", delay=STOP_WAIT)
         await asyncio.sleep(STOP_POLL)
-    removed = await asyncio.to_thread(reconcile.remove_jobs, memo.kube, memo.settings, cluster)
-    memo.workers.forget(cluster)
+    controller: WorkerController = memo.workers
+    # No tick may start a worker from now on; one under way finishes first (the owner's lock).
+    controller.deleting.add(res.cluster_key(cluster))
+    async with controller.owner_locks[cluster["spec"]["owner"]]:
+        removed = await asyncio.to_thread(reconcile.remove_jobs, memo.kube, memo.settings, cluster)
+    controller.forget(cluster)
     logger.info(f"removed {removed} workers of {res.cluster_key(cluster)}")

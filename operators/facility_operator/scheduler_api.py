@@ -52,18 +52,20 @@ class SchedulerAPI:
             return None
         return target
 
-    async def retire(self, addresses: list[str]) -> bool:
+    async def retire(self, addresses: list[str]) -> set[str] | None:
         """Retire these workers: the scheduler moves their results elsewhere and closes them.
-        False when the scheduler could not be asked (the workers then keep running)."""
+        The addresses it retired (a worker whose data has nowhere to go it keeps, and leaves
+        out); None when it could not be asked (the workers then keep running)."""
         url = self.base_url + "/api/v1/retire_workers"
         try:
             async with self.session.post(
                 url, data=json.dumps({"workers": addresses}), timeout=RETIRE_TIMEOUT
             ) as response:
                 response.raise_for_status()
-                return True
-        except (TimeoutError, aiohttp.ClientError):
+                retired = json.loads(await response.text())
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             log.warning(
                 "%s: retiring %d workers failed", self.base_url, len(addresses), exc_info=True
             )
-            return False
+            return None
+        return set(retired) & set(addresses) if isinstance(retired, dict) else set()

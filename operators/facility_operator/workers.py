@@ -152,12 +152,12 @@ def plan(
     connected: Iterable[str] | None,
     sizes: Mapping[str, int],
     room: Room,
-    blocked: str = "",
+    blocked: Mapping[str, str] | None = None,
 ) -> Plan:
     """What to do to bring the workers to `sizes`.
 
     connected: names the scheduler knows (None: it does not answer; then only queued workers,
-    which hold nothing, are removed). blocked: why no worker may start now ("" if they may).
+    which hold nothing, are removed). blocked: by group, why none of its workers may start now.
     """
     known = None if connected is None else set(connected)
     out = Plan()
@@ -171,8 +171,8 @@ def plan(
         )
         want = 0 if g is None else sizes.get(g.name, 0)
         if g is not None and want > len(active):
-            if blocked:
-                out.held_back = blocked
+            if (blocked or {}).get(g.name):
+                out.held_back = (blocked or {})[g.name]
                 continue
             allowed, why = room.take(want - len(active), g.cores)
             if allowed:
@@ -217,10 +217,14 @@ class ClusterState:
 
     next_number: int = 0
     low_ticks: int = 0
-    start_failures: int = 0
+    # Workers in a row, by group, that ended before they connected.
+    start_failures: dict[str, int] = field(default_factory=dict)
     generation: int = 0
     ever_connected: set[str] = field(default_factory=set)
     recorded: set[str] = field(default_factory=set)  # ids of ended workers already recorded
+    # False until the first tick after the operator's start: what ended or connected before
+    # it is learned then, without counting it as news.
+    primed: bool = False
     failures: list[dict[str, str]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -245,6 +249,8 @@ class WorkerController:
         self.owner_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Active workers and their cores by cluster key, as last listed.
         self.usage: dict[str, Usage] = {}
+        # Clusters whose finalizer runs or ran: no tick starts a worker for them any more.
+        self.deleting: set[str] = set()
         self.session: aiohttp.ClientSession | None = None
 
     def backend(self, name: str) -> Backend:
@@ -267,7 +273,9 @@ class WorkerController:
             status = body.get("status") or {}
             self.states[key] = ClusterState(
                 next_number=int(status.get("nextWorker", 0)),
-                start_failures=int(status.get("startFailures", 0)),
+                start_failures={
+                    str(group): int(n) for group, n in (status.get("startFailures") or {}).items()
+                },
                 generation=int(body["metadata"].get("generation", 0)),
                 failures=list(status.get("recentFailures") or []),
             )
@@ -318,16 +326,7 @@ class WorkerController:
             if key == res.cluster_key(body):
                 continue
             if key not in self.usage:  # not listed since the operator started
-                jobs = await self._jobs(other)
-                groups = {
-                    g.name: g for g in worker_groups(other["spec"], self.settings.worker_image)
-                }
-                active = [j for j in jobs if j.state in ACTIVE]
-                self.usage[key] = Usage(
-                    owner,
-                    len(active),
-                    sum(groups[j.group].cores if j.group in groups else 0 for j in active),
-                )
+                self.usage[key] = await self._listed_usage(other)
             workers += self.usage[key].workers
             cores += self.usage[key].cores
         room = Room()
@@ -340,13 +339,32 @@ class WorkerController:
             room.cores, room.cores_source = limits["cores"].value - cores, limits["cores"].source
         return room
 
+    async def _listed_usage(self, body: Mapping[str, Any]) -> Usage:
+        """What one cluster holds, from its backend; its spec's most where the backend does not
+        answer (counting too much holds the quota, counting too little would break it)."""
+        groups = worker_groups(body["spec"], self.settings.worker_image)
+        try:
+            jobs = await self._jobs(body)
+        except Exception as error:
+            log.warning(
+                "%s: cannot list its workers (%s): counting its most", res.cluster_key(body), error
+            )
+            return Usage(
+                body["spec"]["owner"],
+                sum(g.maximum for g in groups),
+                sum(g.maximum * g.cores for g in groups),
+            )
+        cores = {g.name: g.cores for g in groups}
+        active = [j for j in jobs if j.state in ACTIVE]
+        return Usage(body["spec"]["owner"], len(active), sum(cores.get(j.group, 0) for j in active))
+
     async def tick(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """One look at a cluster whose scheduler runs; the status fields it yields."""
         state = self.state(body)
         generation = int(body["metadata"].get("generation", 0))
         if generation != state.generation:
             # A new size (or any change of the spec) gives failing workers a new chance.
-            state.generation, state.start_failures = generation, 0
+            state.generation, state.start_failures = generation, {}
         key = res.cluster_key(body)
         spec = body["spec"]
         groups = worker_groups(spec, self.settings.worker_image)
@@ -354,16 +372,21 @@ class WorkerController:
         backend = self.backend(spec["backend"])
         scheduler = self.scheduler(body)
         async with self.owner_locks[spec["owner"]]:
+            if key in self.deleting:
+                return {}
             jobs = await self._jobs(body)
             connected = await scheduler.workers()
             names = set(connected or ())
-            listed = {j.name for j in jobs}
-            if names & listed - state.ever_connected:
-                state.start_failures = 0  # a new worker made it: the workers can start
-            state.ever_connected = (state.ever_connected | names) & listed
+            listed = {j.name: j for j in jobs}
+            if state.primed:
+                # A new worker of a group connected: that group's workers can start.
+                for name in names - state.ever_connected:
+                    if name in listed:
+                        state.start_failures.pop(listed[name].group, None)
+            state.ever_connected = (state.ever_connected | names) & set(listed)
             active = [j for j in jobs if j.state in ACTIVE]
             state.next_number = max([state.next_number, *(j.number + 1 for j in jobs)])
-            counts = defaultdict(int)
+            counts: defaultdict[str, int] = defaultdict(int)
             for job in active:
                 counts[job.group] += 1
             target = None
@@ -388,35 +411,59 @@ class WorkerController:
                 sum(by_name[j.group].cores for j in active if j.group in by_name),
             )
             room = await self.room(body, own)
-            blocked = ""
-            limit = self.settings.max_start_failures
-            if limit and state.start_failures >= limit:
-                last = state.failures[-1] if state.failures else {}
-                blocked = (
-                    f"{state.start_failures} workers in a row ended before they connected (last:"
+            # What ended is counted before the plan, so that a group that just reached its
+            # limit of failed starts gets no other worker now.
+            await self._record_ended(body, backend, state, [j for j in jobs if j.state in ENDED])
+            state.primed = True
+            todo = plan(
+                groups,
+                jobs,
+                names if connected is not None else None,
+                sizes,
+                room,
+                self.blocked(state),
+            )
+            started: dict[str, int] = {}
+            gone: set[str] = set()
+            kept: list[Job] = []
+            try:
+                await self._start(body, backend, state, todo.start, by_name, started)
+                gone, kept = await self._retire(
+                    scheduler, backend, key, todo.retire, connected or {}
+                )
+                if todo.remove:
+                    await asyncio.to_thread(backend.remove, key, todo.remove)
+                    gone |= {j.id for j in todo.remove}
+            finally:
+                # Also after a failure half-way: the owner's other clusters count these.
+                still = [j for j in active if j.id not in gone]
+                self.usage[key] = Usage(
+                    spec["owner"],
+                    len(still) + sum(started.values()),
+                    sum(by_name[j.group].cores for j in still if j.group in by_name)
+                    + sum(by_name[g].cores * n for g, n in started.items()),
+                )
+        held_back = todo.held_back or capped
+        if kept:
+            held_back = held_back or (
+                f"the scheduler keeps {len(kept)} worker(s) it could not retire (their results"
+                " have nowhere else to go yet)"
+            )
+        return self.status(state, still, names, started, held_back, connected is not None)
+
+    def blocked(self, state: ClusterState) -> dict[str, str]:
+        """The groups whose workers kept failing before they connected: none of theirs starts."""
+        limit = self.settings.max_start_failures
+        out = {}
+        for group, failures in state.start_failures.items():
+            if limit and failures >= limit:
+                last = next((f for f in reversed(state.failures) if f.get("group") == group), {})
+                out[group] = (
+                    f"{group}: {failures} workers in a row ended before they connected (last:"
                     f" {last.get('name', '?')}: {last.get('reason', '?')}); none is started until"
                     " the cluster is scaled again"
                 )
-            todo = plan(
-                groups, jobs, names if connected is not None else None, sizes, room, blocked
-            )
-            await self._record_ended(
-                body, backend, state, [j for j in todo.remove if j.state in ENDED]
-            )
-            started = await self._start(body, backend, state, todo.start, by_name)
-            gone = await self._retire(scheduler, backend, key, todo.retire, connected or {})
-            if todo.remove:
-                await asyncio.to_thread(backend.remove, key, todo.remove)
-            removed = {j.id for j in todo.remove} | gone
-            still = [j for j in active if j.id not in removed]
-            self.usage[key] = Usage(
-                spec["owner"],
-                len(still) + sum(started.values()),
-                sum(by_name[j.group].cores for j in still if j.group in by_name)
-                + sum(by_name[g].cores * n for g, n in started.items()),
-            )
-        held_back = todo.held_back or capped
-        return self.status(state, still, names, started, held_back, connected is not None)
+        return out
 
     async def _start(
         self,
@@ -425,20 +472,24 @@ class WorkerController:
         state: ClusterState,
         start: Mapping[str, int],
         groups: Mapping[str, WorkerGroup],
-    ) -> dict[str, int]:
+        started: dict[str, int],
+    ) -> None:
+        """Start the workers of `start` (by group); `started` says how many did, also when a
+        group's start fails (which counts as a failed start of that group)."""
         if not start:
-            return {}
+            return
         namespace = body["metadata"]["namespace"]
         tls = await asyncio.to_thread(self.kube.secret_data, namespace, res.secret_name(body))
         if tls is None:
-            return {}  # the reconcile makes it first
+            return  # the reconcile makes it first
         token_secret = await asyncio.to_thread(
             self.kube.secret_data, namespace, res.token_secret_name(body)
         )
         token = (token_secret or {}).get(contract.USER_TOKEN_KEY, "")
         cluster = self.cluster_workers(body, tls, token)
-        started = {}
         for group, count in start.items():
+            if cluster.key in self.deleting:
+                return
             names = [
                 contract.worker_name(cluster.cluster_id, group, state.next_number + i)
                 for i in range(count)
@@ -453,9 +504,21 @@ class WorkerController:
                 {"nextWorker": state.next_number},
             )
             log.info("%s: starting %s", cluster.key, ", ".join(names))
-            await asyncio.to_thread(backend.start, cluster, groups[group], names)
+            try:
+                await asyncio.to_thread(backend.start, cluster, groups[group], names)
+            except Exception as error:
+                # The batch system refused (a partition, a limit): the user sees why, and the
+                # group stops after maxStartFailures such refusals.
+                log.warning("%s: starting %s failed: %s", cluster.key, names[0], error)
+                state.start_failures[group] = state.start_failures.get(group, 0) + 1
+                state.failures.append({
+                    "name": names[0], "id": "", "group": group, "state": "failed",
+                    "reason": f"the {backend.name} backend refused the start: {error}",
+                    "since": now(), "log": "",
+                })  # fmt: skip
+                del state.failures[:-KEPT_FAILURES]
+                continue
             started[group] = count
-        return started
 
     async def _retire(
         self,
@@ -464,20 +527,27 @@ class WorkerController:
         key: str,
         jobs: list[Job],
         connected: Mapping[str, str],
-    ) -> set[str]:
-        """Retire connected workers through the scheduler, then remove their jobs."""
+    ) -> tuple[set[str], list[Job]]:
+        """Retire connected workers through the scheduler, then remove the jobs of those it
+        retired: (their ids, the workers it kept). A worker whose results have nowhere else to
+        go the scheduler keeps; it stays until a later tick can retire it."""
         if not jobs:
-            return set()
+            return set(), []
         log.info("%s: retiring %s", key, ", ".join(j.name for j in jobs))
-        if not await scheduler.retire([connected[j.name] for j in jobs]):
-            return set()  # try again next tick; nothing is removed under a running task
-        await asyncio.to_thread(backend.remove, key, jobs)
-        return {j.id for j in jobs}
+        retired = await scheduler.retire([connected[j.name] for j in jobs])
+        if retired is None:
+            return set(), []  # try again next tick; nothing is removed under a running task
+        done = [j for j in jobs if connected[j.name] in retired]
+        if done:
+            await asyncio.to_thread(backend.remove, key, done)
+        return {j.id for j in done}, [j for j in jobs if j not in done]
 
     async def _record_ended(
         self, body: Mapping[str, Any], backend: Backend, state: ClusterState, ended: list[Job]
     ) -> None:
-        """Keep why each worker ended (but a clean exit) and the end of its log, for the user."""
+        """Keep why each worker ended (but a clean exit) and the end of its log, for the user;
+        count those that never connected against their group (not on the first tick after a
+        restart: what ended before it may have been counted already)."""
         key = res.cluster_key(body)
         # A batch system lists ended jobs for a while (SLURM's MinJobAge): record each once.
         seen = state.recorded | {f["id"] for f in state.failures}
@@ -485,17 +555,19 @@ class WorkerController:
         for job in ended:
             if job.id in seen:
                 continue
+            if job.state != SUCCEEDED:
+                try:
+                    text = await asyncio.to_thread(backend.log_tail, key, job, LOG_LINES)
+                except Exception as error:
+                    text = f"(the log could not be read: {error})"
+                if state.primed and job.name not in state.ever_connected:
+                    state.start_failures[job.group] = state.start_failures.get(job.group, 0) + 1
+                log.info("%s: worker %s %s: %s", key, job.name, job.state, job.reason)
+                state.failures.append({
+                    "name": job.name, "id": job.id, "group": job.group, "state": job.state,
+                    "reason": job.reason, "since": job.since or now(), "log": text[-4000:],
+                })  # fmt: skip
             state.recorded.add(job.id)
-            if job.state == SUCCEEDED:
-                continue
-            text = await asyncio.to_thread(backend.log_tail, key, job, LOG_LINES)
-            if job.name not in state.ever_connected:
-                state.start_failures += 1
-            log.info("%s: worker %s %s: %s", key, job.name, job.state, job.reason)
-            state.failures.append({
-                "name": job.name, "id": job.id, "group": job.group, "state": job.state,
-                "reason": job.reason, "since": job.since or now(), "log": text[-4000:],
-            })  # fmt: skip
         del state.failures[:-KEPT_FAILURES]
 
     @staticmethod
@@ -529,7 +601,7 @@ class WorkerController:
             "workers": counts[CONNECTED],
             "workerStates": counts,
             "heldBack": held_back,
-            "startFailures": state.start_failures,
+            "startFailures": dict(state.start_failures),
             "recentFailures": list(state.failures),
             "message": "; ".join(parts),
         }

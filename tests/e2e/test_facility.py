@@ -214,7 +214,8 @@ def facility(
     began = time.monotonic()
     try:
         took = site.durations["make up (no cluster yet)"] = site.up()
-        report(request, f"ci/up with no cluster yet (images built or cached): {took:.0f}s")
+        where = "beside make up's facility" if shared else "with no cluster yet"
+        report(request, f"ci/up {where} (images built or cached): {took:.0f}s")
         cluster_env = (state / "cluster.env").read_text()
         site.node_ip = next(
             line.split("=", 1)[1]
@@ -400,7 +401,8 @@ with FacilityCluster(edge_host="{FULLNAME}-edge.{NAMESPACE}.svc", timeout=300) a
     while True:
         seen = cluster.workers()
         connected = [w for w in seen if w["state"] == "connected"]
-        waiting = [w for w in seen if w["state"] == "pending" and w["reason"]]
+        # Waiting for room on the node (a pod still being created is not that).
+        waiting = [w for w in seen if w["state"] == "pending" and "Insufficient" in w["reason"]]
         if len(connected) == 2 or (len(connected) == 1 and waiting):
             break
         if time.monotonic() > deadline:
@@ -433,17 +435,20 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
     nothing of the cluster is left."""
     if not (server(facility) or {}).get("ready"):
         start_server(facility)
+    # The script's errors to a file: a pipe nobody reads could fill and stall it.
+    errors = (facility.work / "dask-notebook.err").open("w+")
     notebook = subprocess.Popen(
         [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec", "-i",
          "-n", NAMESPACE, f"jupyter-{USER}", "--", "python3", "-c", DASK_IN_THE_NOTEBOOK],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
     )  # fmt: skip
     assert notebook.stdout is not None
     assert notebook.stdin is not None
     line = notebook.stdout.readline()  # the result, or "" if the script ended with an error
     if not line:
         notebook.wait(timeout=60)
-        pytest.fail(f"the notebook's script failed:\n{notebook.stderr.read()[-4000:]}")  # type: ignore[union-attr]
+        errors.seek(0)
+        pytest.fail(f"the notebook's script failed:\n{errors.read()[-4000:]}")
     result = json.loads(line)
     cluster_id = result["id"]
     try:
@@ -472,7 +477,9 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
     finally:
         notebook.stdin.write("\n")
         notebook.stdin.close()
-        assert notebook.wait(timeout=300) == 0, notebook.stderr.read()[-3000:]  # type: ignore[union-attr]
+        code = notebook.wait(timeout=300)
+        errors.seek(0)
+        assert code == 0, errors.read()[-3000:]
     # close(): the operator's finalizer, then the garbage collector: no pod, Service, Secret,
     # route or DaskCluster of it remains.
     wait_for(

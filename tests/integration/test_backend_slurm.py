@@ -467,7 +467,7 @@ def test_workers_failing_before_they_connect_are_reported_then_stopped(
         }))  # fmt: skip
         stopped = wait_for(
             lambda: (
-                (s := status(stack, manifest_id)).get("startFailures", 0) >= 3
+                (s := status(stack, manifest_id)).get("startFailures", {}).get("default", 0) >= 3
                 and "before they connected" in s.get("heldBack", "")
                 and s
             ),
@@ -481,7 +481,11 @@ def test_workers_failing_before_they_connect_are_reported_then_stopped(
         assert not active_jobs(slurm, namespace, manifest_id)
         # A new size is a new chance.
         patch_spec(stack, manifest_id, {"minWorkers": 2, "maxWorkers": 2})
-        wait_for(lambda: status(stack, manifest_id).get("startFailures", 3) < 3, "a new chance")
+        before = stopped["nextWorker"]  # type: ignore[index]
+        wait_for(
+            lambda: status(stack, manifest_id).get("nextWorker", 0) > before,
+            "a new worker started after the new size",
+        )
         kubectl("delete", DASK_CLUSTERS, manifest_id, "-n", namespace, "--timeout=90s")
     finally:
         operator.stop()

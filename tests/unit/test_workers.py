@@ -11,7 +11,7 @@ from facility_operator.backends.base import (
     Job,
     WorkerGroup,
 )
-from facility_operator.workers import Room, desired_sizes, plan, worker_groups
+from facility_operator.workers import Room, WorkerController, desired_sizes, plan, worker_groups
 
 ID = "alice-x1y2z"
 
@@ -79,8 +79,11 @@ def test_no_room_starts_nothing_and_says_why() -> None:
 
 
 def test_blocked_starts_nothing() -> None:
-    todo = plan([group()], [], connected=set(), sizes={"default": 1}, room=Room(), blocked="why")
-    assert todo.start == {}
+    groups = [group(), group("gpu")]
+    sizes = {"default": 1, "gpu": 1}
+    todo = plan(groups, [], connected=set(), sizes=sizes, room=Room(), blocked={"gpu": "why"})
+    # Only the failing group is held; the other still gets its worker.
+    assert todo.start == {"default": 1}
     assert todo.held_back == "why"
 
 
@@ -120,3 +123,111 @@ def test_room_counts_workers_and_cores() -> None:
     assert room.take(5, 1) == (3, "the worker quota (w)")
     assert room.take(1, 1) == (0, "the worker quota (w)")
     assert Room().take(5, 8) == (5, "")
+
+
+# --- the controller's tick, with a stand-in backend, scheduler and Kubernetes (the real ones
+# are tests/integration/test_backend_slurm.py and test_operator.py)
+
+
+class StandInBackend:
+    name = "stand-in"
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.listed = jobs
+        self.started: list[str] = []
+        self.removed: list[str] = []
+
+    def jobs(self, key: str) -> list[Job]:
+        return [j for j in self.listed if j.id not in self.removed]
+
+    def start(self, cluster: object, group: WorkerGroup, names: list[str]) -> None:
+        self.started += names
+
+    def remove(self, key: str, jobs: list[Job]) -> None:
+        self.removed += [j.id for j in jobs]
+
+    def log_tail(self, key: str, job: Job, lines: int = 20) -> str:
+        return "the end of the log"
+
+
+class StandInScheduler:
+    def __init__(self, connected: dict[str, str], keeps: set[str] = frozenset()) -> None:
+        self.connected, self.keeps = connected, keeps
+
+    async def workers(self) -> dict[str, str]:
+        return dict(self.connected)
+
+    async def adaptive_target(self) -> int:
+        return 0
+
+    async def retire(self, addresses: list[str]) -> set[str]:
+        return set(addresses) - self.keeps
+
+
+class StandInKube:
+    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        return {"cluster-ca.crt": "CA", "tls.crt": "CRT", "tls.key": "KEY"}
+
+    def patch_status(self, *args: object) -> None:
+        pass
+
+    def clusters_of(self, namespace: str, owner: str) -> list[dict[str, object]]:
+        return []
+
+
+def controller(backend: StandInBackend, scheduler: StandInScheduler) -> WorkerController:
+    import yaml
+    from facility_operator.settings import Settings
+
+    from tests.conftest import CHART
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    settings = Settings.from_values(values, "af", "facility")
+    made = WorkerController(StandInKube(), settings)  # type: ignore[arg-type]
+    made.backend = lambda name: backend  # type: ignore[assignment,method-assign]
+    made.scheduler = lambda body: scheduler  # type: ignore[assignment,method-assign]
+    return made
+
+
+def body(minimum: int, maximum: int, groups: list[dict[str, object]] | None = None) -> dict:
+    return {
+        "metadata": {"name": ID, "namespace": "facility", "uid": "u", "generation": 1},
+        "spec": {"owner": "alice", "backend": "slurm", "worker": {"cores": 1},
+                 "minWorkers": minimum, "maxWorkers": maximum, "workerGroups": groups or []},
+    }  # fmt: skip
+
+
+def test_a_worker_the_scheduler_keeps_is_not_removed() -> None:
+    import asyncio
+
+    jobs = [job(0), job(1)]
+    backend = StandInBackend(jobs)
+    scheduler = StandInScheduler({j.name: f"tls://w{j.number}" for j in jobs}, keeps={"tls://w1"})
+    status = asyncio.run(controller(backend, scheduler).tick(body(0, 0)))
+    # Job 0 was retired, then removed; job 1 holds results the scheduler could not move.
+    assert backend.removed == [job(0).id]
+    assert "could not retire" in status["heldBack"]
+
+
+def test_failures_block_their_own_group_and_a_restart_counts_none_twice() -> None:
+    import asyncio
+
+    gpu = [{"name": "gpu", "cores": 1, "minWorkers": 1, "maxWorkers": 1}]
+    failed = [job(n, FAILED, "gpu") for n in range(3)]
+    backend = StandInBackend(failed)
+    first = controller(backend, StandInScheduler({}))
+    # The first tick after a start learns what ended before it: recorded, not counted.
+    status = asyncio.run(first.tick(body(1, 1, gpu)))
+    assert status["startFailures"] == {}
+    assert len(status["recentFailures"]) == 3
+    assert status["recentFailures"][0]["log"] == "the end of the log"
+    # Then each new failure of the gpu group counts, and at the limit only gpu stops.
+    limit = first.settings.max_start_failures
+    for n in range(3, 3 + limit):
+        backend.listed.append(job(n, FAILED, "gpu"))
+        status = asyncio.run(first.tick(body(1, 1, gpu)))
+    assert status["startFailures"] == {"gpu": limit}
+    assert status["heldBack"].startswith(f"gpu: {limit} workers in a row ended")
+    started = list(backend.started)
+    asyncio.run(first.tick(body(1, 1, gpu)))
+    assert [n for n in backend.started[len(started) :] if "-gpu-" in n] == []

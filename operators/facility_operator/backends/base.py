@@ -15,6 +15,7 @@ SNI (`dask worker --scheduler-sni`).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -176,7 +177,8 @@ class Backend(ABC):
         else:
             # The operator replaces a worker that ends; a Nanny restarting it would hide that.
             argv += ["--no-nanny"]
-        return argv
+        # No dashboard: a plain-HTTP port on every worker that other users' pods could read.
+        return [*argv, "--no-dashboard"]
 
     @abstractmethod
     def start(self, cluster: ClusterWorkers, group: WorkerGroup, names: list[str]) -> None:
@@ -211,3 +213,16 @@ class Backend(ABC):
 def group_of(name: str, cluster_id: str) -> str:
     """The worker group in a worker's name `<cluster-id>-<group>-<n>`."""
     return name.removeprefix(f"{cluster_id}-").rsplit("-", 1)[0]
+
+
+WORKER_NAME = re.compile(
+    r"^(?P<cluster>[a-z0-9-]+)-(?P<group>[a-z][a-z0-9]{0,14})-(?P<number>[0-9]+)$"
+)
+
+
+def is_worker_of(name: str, cluster_id: str) -> bool:
+    """Whether a job's name is one the operator gives a worker of this cluster. A batch job's
+    attributes can be set by any user of the batch system: a job that merely claims to be a
+    cluster's is not one of its workers (nor a path to read a log from)."""
+    found = WORKER_NAME.match(name)
+    return found is not None and found["cluster"] == cluster_id

@@ -41,6 +41,7 @@ from facility_operator.backends.base import (
     Job,
     WorkerGroup,
     group_of,
+    is_worker_of,
 )
 
 CLUSTER_ATTRIBUTE = "FacilityCluster"
@@ -57,8 +58,9 @@ PROJECTION = [
 ]  # fmt: skip
 # HTCondor's JobStatus codes.
 IDLE, RUNNING_CODE, REMOVED, COMPLETED, HELD_CODE, TRANSFERRING = 1, 2, 3, 4, 5, 6
-# The bindings read their configuration from process-wide parameters: one submit at a time.
-SUBMIT_LOCK = threading.Lock()
+# The bindings read their configuration (the token of a submit) from process-wide parameters:
+# one call to the schedd at a time, so that none authenticates with another's token.
+SCHEDD_LOCK = threading.Lock()
 
 
 def new_syntax_arguments(argv: list[str]) -> str:
@@ -112,6 +114,8 @@ class HTCondorBackend(Backend):
         self, cluster: ClusterWorkers, group: WorkerGroup, name: str, inputs: list[str]
     ) -> dict[str, str]:
         """One worker's submit description (the bindings' Submit parses it)."""
+        import classad2
+
         directory = self.cluster_dir(cluster.cluster_id)
         argv = self.worker_command(cluster, group, name, ".")
         description: dict[str, str] = {"universe": self.universe}
@@ -119,7 +123,7 @@ class HTCondorBackend(Backend):
             description["docker_image"] = group.image
         else:
             image = self.config.get("apptainer_image") or f"docker://{group.image}"
-            description["+SingularityImage"] = f'"{image}"'
+            description["+SingularityImage"] = classad2.quote(str(image))
         environment = cluster.environment()
         if cluster.token:
             # File transfer keeps the base name; the worker's working directory is its sandbox.
@@ -170,7 +174,7 @@ class HTCondorBackend(Backend):
 
         inputs = self.write_job_files(cluster)
         spool = bool(self.config.get("schedd"))
-        with SUBMIT_LOCK:
+        with SCHEDD_LOCK:
             saved = htcondor2.param.get("SCITOKENS_FILE")
             if cluster.token:
                 htcondor2.param["SCITOKENS_FILE"] = inputs[-1]
@@ -222,29 +226,36 @@ class HTCondorBackend(Backend):
         return Job(**job, state=PENDING)
 
     def jobs(self, cluster_key: str) -> list[Job]:
-        ads = self._schedd().query(constraint=self._constraint(cluster_key), projection=PROJECTION)
+        with SCHEDD_LOCK:
+            ads = self._schedd().query(
+                constraint=self._constraint(cluster_key), projection=PROJECTION
+            )
+        cluster_id = cluster_key.split("/", 1)[1]
         found = (self._job(ad) for ad in ads)
-        return [job for job in found if job is not None]
+        return [job for job in found if job is not None and is_worker_of(job.name, cluster_id)]
 
     def remove(self, cluster_key: str, jobs: list[Job]) -> None:
         import htcondor2
 
         if jobs:
-            self._schedd().act(htcondor2.JobAction.Remove, [job.id for job in jobs])
+            with SCHEDD_LOCK:
+                self._schedd().act(htcondor2.JobAction.Remove, [job.id for job in jobs])
 
     def remove_all(self, cluster_key: str) -> int:
         import htcondor2
 
         found = self.jobs(cluster_key)
         if found:
-            self._schedd().act(htcondor2.JobAction.Remove, self._constraint(cluster_key))
+            with SCHEDD_LOCK:
+                self._schedd().act(htcondor2.JobAction.Remove, self._constraint(cluster_key))
         return len(found)
 
     def list_all(self, namespace: str) -> dict[str, list[str]]:
-        ads = self._schedd().query(
-            constraint=f'regexp("^{namespace}/", {CLUSTER_ATTRIBUTE}) && JobStatus != {REMOVED}',
-            projection=["ClusterId", "ProcId", CLUSTER_ATTRIBUTE],
-        )
+        constraint = f'regexp("^{namespace}/", {CLUSTER_ATTRIBUTE}) && JobStatus != {REMOVED}'
+        with SCHEDD_LOCK:
+            ads = self._schedd().query(
+                constraint=constraint, projection=["ClusterId", "ProcId", CLUSTER_ATTRIBUTE]
+            )
         jobs: dict[str, list[str]] = {}
         for ad in ads:
             jobs.setdefault(str(ad[CLUSTER_ATTRIBUTE]), []).append(

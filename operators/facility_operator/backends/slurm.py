@@ -35,6 +35,7 @@ from facility_operator.backends.base import (
     Job,
     WorkerGroup,
     group_of,
+    is_worker_of,
 )
 
 COMMENT_PREFIX = "facility:"
@@ -179,7 +180,7 @@ class SLURMBackend(Backend):
         comment = COMMENT_PREFIX + cluster_key
         cluster_id = cluster_key.split("/", 1)[1]
         found = (self._job(r, cluster_id) for r in self._records() if r.get("Comment") == comment)
-        return [job for job in found if job is not None]
+        return [job for job in found if job is not None and is_worker_of(job.name, cluster_id)]
 
     def remove(self, cluster_key: str, jobs: list[Job]) -> None:
         if jobs:
