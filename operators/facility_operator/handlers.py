@@ -137,7 +137,12 @@ async def run_cluster(
                 # A batch system that does not answer must not end the daemon: next tick.
                 logger.exception("the workers of %s: %s", res.cluster_key(cluster), error)
                 status["message"] = f"the scheduler runs; the workers could not be managed: {error}"
-        await asyncio.to_thread(reconcile.patch_status, memo.kube, cluster, status)
+        try:
+            await asyncio.to_thread(reconcile.patch_status, memo.kube, cluster, status)
+        except Exception as error:
+            # (A CRD older than this operator refuses a field, the API server restarts, ...):
+            # the daemon goes on, and says why in its log.
+            logger.exception("the status of %s: %s", res.cluster_key(cluster), error)
         interval = (
             settings.worker_interval if status["phase"] == "Running" else settings.status_interval
         )
