@@ -159,3 +159,27 @@ def test_hub_receives_the_values_whole() -> None:
     release = yaml.safe_load(base64.b64decode(secret["data"]["release.yaml"]))
     assert release["names"]["proxyApi"] == "analysis-proxy-api"
     assert release["namespace"] == "facility"
+
+
+def test_the_operators_service_follows_its_api_port() -> None:
+    """The notebooks' FACILITY_OPERATOR_URL names operator.apiPort: the Service must listen
+    there, and forward to the container's port of that name."""
+    objs = objects(
+        render(VALUES_DIR / "defaults.yaml", "facility", "--set", "operator.apiPort=9100")
+    )
+    (service,) = [
+        o for o in objs if o["kind"] == "Service" and o["metadata"]["name"].endswith("-operator")
+    ]
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(9100, "http")]
+    (deployment,) = [
+        o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-operator")
+    ]
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"name": "http", "containerPort": 9100} in ports
+
+
+def test_no_scheduler_service_account_or_role() -> None:
+    """The schedulers make no worker: the chart gives them no identity of their own."""
+    for obj in rendered(VALUES_DIR / "defaults.yaml"):
+        if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            assert not obj["metadata"]["name"].endswith("-dask-scheduler"), obj["metadata"]["name"]
