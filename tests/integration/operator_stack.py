@@ -125,12 +125,7 @@ class Operator:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            dask_edge.stop(self.process)
 
 
 @dataclass
@@ -213,12 +208,7 @@ class SchedulerPods:
             run = self.running.pop(cluster_id)
             self._write_routes()
         if run.process.poll() is None:
-            run.process.terminate()
-            try:
-                run.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                run.process.kill()
-                run.process.wait()
+            dask_edge.stop(run.process)
 
     def _sync(self) -> None:
         selector = f"{contract.LABEL_COMPONENT}={contract.SCHEDULER}"

@@ -308,3 +308,26 @@ def test_worker_pod() -> None:
     assert option(container["command"], "--tls-key") == "/etc/facility/tls/tls.key"
     assert pod["spec"]["nodeSelector"] == {"gpu": "yes"}
     assert container["image"] == IMAGE
+
+
+def test_only_jobs_named_as_the_operator_names_them_are_a_clusters_workers() -> None:
+    """Any batch user can set a job's cluster key and name: one that claims a cluster but is not
+    named `<cluster-id>-<group>-<n>` is not its worker, and no log path is made from it."""
+    from facility_operator.backends.base import is_worker_of
+
+    assert is_worker_of(f"{CLUSTER_ID}-default-3", CLUSTER_ID)
+    assert is_worker_of(f"{CLUSTER_ID}-gpu-0", CLUSTER_ID)
+    for name in (
+        "../bob-x1y2z/bob-x1y2z-default-0",
+        f"{CLUSTER_ID}-default-3/../../x",
+        "bob-x1y2z-default-0",
+        f"{CLUSTER_ID}-Default-3",
+        f"{CLUSTER_ID}-default-",
+        "",
+    ):
+        assert not is_worker_of(name, CLUSTER_ID), name
+    record = {"JobId": "9", "JobName": "../bob-x1y2z/bob-x1y2z-default-0", "JobState": "RUNNING",
+              "Comment": f"facility:users/{CLUSTER_ID}"}  # fmt: skip
+    backend = SLURMBackend({})
+    backend._records = lambda: iter([record])  # type: ignore[method-assign]
+    assert backend.jobs(f"users/{CLUSTER_ID}") == []
