@@ -56,7 +56,7 @@ def configure(c: Config, facility: Facility) -> None:
         all_services += more_services
         all_roles += more_roles
     c.JupyterHub.services = all_services
-    c.JupyterHub.load_roles = all_roles
+    c.JupyterHub.load_roles = services.user_role(all_roles)
 
 
 def load_config(c: Config) -> None:

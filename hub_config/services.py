@@ -10,6 +10,26 @@ from hub_config.facility import Facility
 
 Services = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
+# The services' names: each accepts only tokens that carry access:services!service=<its name>
+# (the operator's facility_operator.api.SERVICE_NAME is the first).
+DASK_SERVICE = "dask"
+TOKENS_SERVICE = token_service.NAME
+USER_SERVICE_SCOPES = [f"access:services!service={name}" for name in (DASK_SERVICE, TOKENS_SERVICE)]
+# A user's server token: JupyterHub's own server role, and the two services. A token that the
+# server gets for a visitor (an admin opening it, or shared access) has neither.
+SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", *USER_SERVICE_SCOPES]
+
+
+def user_role(roles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The roles with JupyterHub's "user" role also granting the two services (a site's own
+    "user" role keeps its scopes, and gains these)."""
+    user = next((role for role in roles if role.get("name") == "user"), None)
+    if user is None:
+        return [*roles, {"name": "user", "scopes": ["self", *USER_SERVICE_SCOPES]}]
+    user["scopes"] = list(dict.fromkeys([*user.get("scopes", ["self"]), *USER_SERVICE_SCOPES]))
+    return roles
+
+
 # What jupyterhub-idle-culler needs to find idle servers and stop them, and nothing more
 # (it culls servers, never users).
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -37,12 +57,12 @@ def tokens(facility: Facility, hub_host: str) -> Services:
     """The token service (hub_config.token_service), beside the hub on hub.tokenServicePort."""
     port = facility.values["hub"]["tokenServicePort"]
     service = {
-        "name": "tokens",
+        "name": TOKENS_SERVICE,
         "url": f"http://{hub_host}:{port}",
         "command": [sys.executable, "-m", "hub_config.token_service"],
         "display": False,
     }
-    role = {"name": "tokens", "scopes": token_service.SCOPES, "services": ["tokens"]}
+    role = {"name": "tokens", "scopes": token_service.SCOPES, "services": [TOKENS_SERVICE]}
     return [service], [role]
 
 
@@ -55,7 +75,7 @@ def operator_url(facility: Facility) -> str:
 def dask(facility: Facility) -> Services:
     """The operator's user API (facility_operator.api) as the service "dask", so the hub's proxy
     also routes /services/dask/ to it. It needs no role: it asks the hub who a token is with
-    that token itself, which any token may do."""
+    that token itself, which any token may do, and finds the token's scopes in the answer."""
     if not facility.values["operator"]["enabled"]:
         return [], []
-    return [{"name": "dask", "url": operator_url(facility), "display": False}], []
+    return [{"name": DASK_SERVICE, "url": operator_url(facility), "display": False}], []

@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes.utils.quantity import parse_quantity
 
 from hub_config.facility import ConfigError, Facility
-from hub_config.services import operator_url
+from hub_config.services import SERVER_TOKEN_SCOPES, operator_url
 
 HOME = "/home/jovyan"
 # The CA of XCache's TLS certificate (ca.crt of xcache.tls.secretName), for the XRootD client:
@@ -152,6 +152,9 @@ def spawner(facility: Facility) -> dict[str, Any]:
         },
         "container_security_context": {"capabilities": {"drop": ["ALL"]}},
         "automount_service_account_token": False,
+        # The server's own token reaches the facility's services; one it gets for a visitor
+        # does not (hub_config.services).
+        "server_token_scopes": SERVER_TOKEN_SCOPES,
         # The home volume: one per user, made at first spawn, kept for good.
         "storage_pvc_ensure": True,
         "pvc_name_template": "home-{username}",

@@ -5,7 +5,9 @@ hour; a user's analysis (XRootD reads, HTCondor submissions) needs a valid one a
 server calls GET /services/tokens/ with its own JupyterHub token. The service asks the hub who
 that is, a token-authenticated request that makes the hub refresh the user's tokens when they
 are older than auth.refreshAge, and then answers with that user's access token, read from
-auth_state with the service's own (least) scopes. A caller only ever gets its own user's token.
+auth_state with the service's own (least) scopes. A caller only ever gets its own user's token,
+and only with a token that may access this service (access:services!service=tokens, as the
+user's own server token has): a token a server got for a visitor gets 403.
 
 JupyterHub runs this module as a managed service (hub_config.services.token_service).
 """
@@ -23,6 +25,12 @@ from tornado.ioloop import IOLoop
 
 # What the service's own role needs: read a user's name and auth_state, nothing else.
 SCOPES = ["read:users:name", "admin:auth_state"]
+NAME = "tokens"  # hub_config.services.TOKENS_SERVICE
+
+
+def may_access(scopes: list[str], service: str) -> bool:
+    """Whether a token's scopes (as the hub lists them) let it use the service `service`."""
+    return "access:services" in scopes or f"access:services!service={service}" in scopes
 
 
 class TokenHandler(web.RequestHandler):
@@ -53,6 +61,12 @@ class TokenHandler(web.RequestHandler):
         name = who.get("name")
         if who.get("kind") != "user" or not name:
             return self.fail(403, "only a user's token (or its server's) gets an access token")
+        if not may_access(who.get("scopes") or [], NAME):
+            return self.fail(
+                403,
+                f"this token lacks the scope access:services!service={NAME}: use your own "
+                "server's token (JUPYTERHUB_API_TOKEN) or a token of yours with that scope",
+            )
         user = await self.hub(f"/users/{quote(name)}", self.api_token)
         state = user.get("auth_state") or {}
         if not state.get("access_token"):

@@ -50,7 +50,7 @@ from facility_client.cluster import FacilityCluster  # noqa: E402
 
 from tests.conftest import free_port, kubectl  # noqa: E402
 from tests.integration.operator_stack import Facility, running_facility  # noqa: E402
-from tests.integration.slurm import SlurmCluster, slurm_cluster  # noqa: E402
+from tests.integration.slurm import SlurmCluster, batch_system  # noqa: E402
 
 GOAL_SECONDS = 5.0  # scale(2) -> the operator's second worker
 NAMESPACE = "bench-workers"
@@ -119,15 +119,15 @@ def measure_kubernetes(workdir: Path, repeats: int) -> list[dict[str, float]]:
 
 def measure_slurm(workdir: Path, repeats: int) -> list[dict[str, float]]:
     runs = []
-    with slurm_cluster(workdir / "slurm", free_port(), free_port()) as slurm:
-        jobs = workdir / "jobs"
-        jobs.mkdir()
-        values = {"operator": {"backend": "slurm", "statusInterval": 1, "backends": {"slurm": {
-            "edgeHost": "127.0.0.1", "interface": "lo", "partition": "debug", "deathTimeout": 60,
-            "python": sys.executable, "logDir": str(jobs)}}}}  # fmt: skip
+    users = {"alice": "facility-test-alice"}  # the notebook's user, as a local batch user
+    with batch_system(users.values(), (free_port(), free_port(), free_port())) as slurm:
+        operator = slurm.operator_values(slurm.job_folder("jobs"), users)
+        values = {"operator": operator | {"statusInterval": 1}}
         with contextlib.ExitStack() as stack:
             stack.enter_context(fresh_namespace())
-            fac = stack.enter_context(running_facility(workdir, NAMESPACE, values, env=slurm.env))
+            fac = stack.enter_context(
+                running_facility(workdir, NAMESPACE, values, env=slurm.operator_env)
+            )
             cluster = stack.enter_context(
                 FacilityCluster(memory="256Mi", disk="100Mi", **client_options(fac))
             )

@@ -34,7 +34,7 @@ from facility_operator.names import new_cluster_id, user_slug
 from facility_operator.settings import Settings
 from facility_operator.workers import WorkerController
 
-SERVICE_NAME = "dask"  # the JupyterHub service's name (hub_config.services.dask)
+SERVICE_NAME = "dask"  # the JupyterHub service's name (hub_config.services.DASK_SERVICE)
 PREFIX = f"/services/{SERVICE_NAME}"
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def make_app(
 
     async def hub_session(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:
-            app[HUB] = HubAuth(settings.hub_api_url, session)
+            app[HUB] = HubAuth(settings.hub_api_url, session, SERVICE_NAME)
             yield
 
     app.cleanup_ctx.append(hub_session)

@@ -1,7 +1,10 @@
 """Who is calling: the user of a JupyterHub token, as the hub itself says (GET /hub/api/user).
 
-Any token may ask the hub who it belongs to, with the owner's name and groups (JupyterHub's
-"identify" scopes), so a notebook's own token is enough. Answers are kept for a few seconds: a
+Any token may ask the hub who it belongs to, with the owner's name, groups and the token's
+scopes (JupyterHub's "identify" scopes). Only a token that may access the service
+(access:services!service=<its name>, which the user's own server token carries) is accepted: a
+token that a user's server got for a visitor (an admin opening it, or shared access) names the
+visitor, but must not reach the visitor's clusters and keys. Answers are kept for a few seconds: a
 client polls the API, and the hub should not see every poll; a revoked token therefore works
 for at most that long.
 """
@@ -37,11 +40,16 @@ def token_of(authorization: str | None) -> str:
 class HubAuth:
     """Resolves tokens through the hub's REST API at api_url (e.g. http://hub:8081/hub/api)."""
 
-    def __init__(self, api_url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, api_url: str, session: aiohttp.ClientSession, service: str) -> None:
         self.api_url = api_url.rstrip("/")
         self.session = session
+        self.service = service
         # Keyed by the token's hash: the process holds no usable tokens.
         self.cache: dict[str, tuple[float, User]] = {}
+
+    @property
+    def scope(self) -> str:
+        return f"access:services!service={self.service}"
 
     async def user(self, authorization: str | None) -> User:
         token = token_of(authorization)
@@ -69,4 +77,11 @@ class HubAuth:
             raise ApiError(503, f"cannot ask the hub who this token is ({error})") from error
         if model.get("kind") != "user" or not model.get("name"):
             raise ApiError(403, "only a user's token may hold Dask clusters")
+        scopes = model.get("scopes") or []
+        if "access:services" not in scopes and self.scope not in scopes:
+            raise ApiError(
+                403,
+                f"this token lacks the scope {self.scope}: use your own server's token "
+                "(JUPYTERHUB_API_TOKEN) or a token of yours with that scope",
+            )
         return User(name=model["name"], groups=frozenset(model.get("groups") or ()))

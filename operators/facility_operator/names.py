@@ -19,6 +19,10 @@ def user_slug(name: str) -> str:
 
 
 def new_cluster_id(name: str) -> str:
-    """`<user-slug>-<5 random [a-z0-9]>`: a DNS label, at most 46 characters."""
+    """`<user-slug>-<5 random [a-z0-9]>`, with a `u` in front of a slug that does not begin
+    with a letter: a DNS-1035 label (the Service `<id>-scheduler` must begin with a letter, so
+    a user `1alice` gets `u1alice-x7k2p`), at most 47 characters. Two names that slug alike
+    (`a.b`, `a-b`) differ in the random part; the owner is the spec's exact name."""
     suffix = "".join(secrets.choice(_ALPHABET) for _ in range(RANDOM_LENGTH))
-    return f"{user_slug(name)}-{suffix}"
+    slug = user_slug(name)
+    return f"{slug if slug[0].isalpha() else 'u' + slug}-{suffix}"

@@ -19,6 +19,7 @@ import yaml
 
 VALUES_DIR = Path("/etc/facility/values")
 SCHEDULER_URL = "http://{scheduler}.{namespace}.svc:{port}"
+BATCH_BACKENDS = ("slurm", "htcondor")  # the backends whose jobs run as a batch user
 
 
 def _snake_case(key: str) -> str:
@@ -68,6 +69,10 @@ class Settings:
     # scheduler, cluster_id, namespace and port (tests point it at a scheduler on loopback).
     scheduler_url: str
     xcache: str  # root://host:port of the facility's XCache, or "" when it does not run
+    batch_users: Mapping[str, Any]  # operator.batchUsers: {rule, table} (batch_users.py)
+    # The SLURM backend's JWT key in the operator's pod (FACILITY_SLURM_JWT_KEY_FILE, set by
+    # the chart where backends.slurm.jwtKeySecret is), or "".
+    slurm_jwt_key_file: str = ""
 
     @property
     def ca_secret(self) -> str:
@@ -78,7 +83,12 @@ class Settings:
         """One backend's values from the chart as the backends read them: keys in snake_case
         (edgeHost -> edge_host), empty strings and nulls left out (unset)."""
         values = self.backends.get(backend) or {}
-        return {_snake_case(key): value for key, value in values.items() if value not in ("", None)}
+        config = {_snake_case(k): v for k, v in values.items() if v not in ("", None)}
+        if backend in BATCH_BACKENDS:
+            config["batch_users"] = dict(self.batch_users)
+        if backend == "slurm" and self.slurm_jwt_key_file:
+            config["jwt_key_file"] = self.slurm_jwt_key_file
+        return config
 
     @classmethod
     def from_values(
@@ -123,6 +133,7 @@ class Settings:
             max_start_failures=int(operator["workers"]["maxStartFailures"]),
             scheduler_url=SCHEDULER_URL,
             xcache=xcache_address,
+            batch_users=dict(operator["batchUsers"]),
         )
 
     @classmethod
@@ -149,4 +160,6 @@ class Settings:
                                     ("scheduler_url", "FACILITY_SCHEDULER_URL"))
             if os.environ.get(variable)
         }  # fmt: skip
+        if os.environ.get("FACILITY_SLURM_JWT_KEY_FILE"):
+            overrides["slurm_jwt_key_file"] = os.environ["FACILITY_SLURM_JWT_KEY_FILE"]
         return dataclasses.replace(settings, **overrides)

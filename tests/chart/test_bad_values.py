@@ -119,3 +119,25 @@ def test_the_schedulers_old_egress_is_refused_with_the_fix(tmp_path: Path) -> No
     done = helm("template", "af", str(CHART), "-f", str(values), check=False)
     assert done.returncode != 0
     assert "Move its extraEgress rules to operator.networkPolicy.extraEgress" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("operator", "fix"),
+    [
+        ({"backends": {"slurm": {"extraDirectives": ["--qos=short"]}}},
+         "in operator.backends.slurm.extraProperties (e.g. {qos: short})"),
+        ({"backend": "slurm"}, "set operator.backends.slurm.restUrl (the site's slurmrestd)"),
+        ({"backend": "slurm", "backends": {"slurm": {"restUrl": "http://slurmrestd:6820"}}},
+         "operator.backends.slurm.jwtKeySecret (a Secret with its JWT key)"),
+    ],
+)  # fmt: skip
+def test_slurm_without_its_rest_api_is_refused_with_the_fix(
+    tmp_path: Path, operator: dict, fix: str
+) -> None:
+    """The SLURM backend submits through slurmrestd as each job's owner: the old #SBATCH lines,
+    or a SLURM default without slurmrestd and its JWT key, are refused at render."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"operator": operator}))
+    done = helm("template", "af", str(CHART), "-f", str(values), check=False)
+    assert done.returncode != 0
+    assert fix in done.stderr

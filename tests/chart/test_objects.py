@@ -183,3 +183,32 @@ def test_no_scheduler_service_account_or_role() -> None:
     for obj in rendered(VALUES_DIR / "defaults.yaml"):
         if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
             assert not obj["metadata"]["name"].endswith("-dask-scheduler"), obj["metadata"]["name"]
+
+
+def test_the_operator_alone_mounts_the_slurm_jwt_key() -> None:
+    """With the SLURM backend the operator holds the JWT key (one key of the site's Secret,
+    readable by its group), and finds it through FACILITY_SLURM_JWT_KEY_FILE; no other pod
+    mounts that Secret."""
+    objs = rendered(VALUES_DIR / "everything.yaml")
+    pods = {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]
+        for o in objs
+        if o["kind"] in POD_OWNERS
+    }
+    holders = {
+        name
+        for name, spec in pods.items()
+        for volume in spec.get("volumes", [])
+        if volume.get("secret", {}).get("secretName") == "slurm-jwt"
+    }
+    assert holders == {"analysis-operator"}
+    spec = pods["analysis-operator"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "slurm-jwt"]
+    assert volume["secret"]["items"] == [{"key": "jwt_hs256.key", "path": "jwt_hs256.key"}]
+    assert volume["secret"]["defaultMode"] == 0o440
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FACILITY_SLURM_JWT_KEY_FILE"] == "/etc/facility/slurm-jwt/jwt_hs256.key"
+    assert {"name": "slurm-jwt", "mountPath": "/etc/facility/slurm-jwt", "readOnly": True} in (
+        container["volumeMounts"]
+    )

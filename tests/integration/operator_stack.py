@@ -46,6 +46,7 @@ from aiohttp import web
 from facility_client import contract
 from kubernetes import client, config
 
+from hub_config import services
 from tests.conftest import (
     CHART,
     KUBECONFIG,
@@ -350,13 +351,17 @@ def hub_api(hub: Hub, method: str, path: str, body: Any = None) -> Any:
     return answer.json()
 
 
-def user_tokens(hub: Hub, users: tuple[str, ...]) -> dict[str, str]:
-    """A JupyterHub token of each user, with no more scope than a notebook server's own."""
+def user_tokens(
+    hub: Hub, users: tuple[str, ...], scopes: list[str] | None = None
+) -> dict[str, str]:
+    """A JupyterHub token of each user, with no more scope than a notebook server's own (the
+    facility's services and activity), or with `scopes`."""
+    if scopes is None:
+        scopes = ["users:activity!user", *services.USER_SERVICE_SCOPES]
     out = {}
     for name in users:
         hub_api(hub, "POST", f"/users/{name}")
-        made = hub_api(hub, "POST", f"/users/{name}/tokens",
-                       {"expires_in": 3600, "scopes": ["users:activity!user"]})  # fmt: skip
+        made = hub_api(hub, "POST", f"/users/{name}/tokens", {"expires_in": 3600, "scopes": scopes})
         out[name] = made["token"]
     return out
 

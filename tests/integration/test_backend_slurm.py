@@ -4,10 +4,12 @@ Dask workers reach their real scheduler through the real Traefik edge by SNI.
 The parts (tests/integration/operator_stack.py): the operator process against the local
 cluster's API server (kwok nodes); each scheduler pod's program run on loopback by
 `SchedulerPods` (kwok runs no container); a one-machine SLURM (tests/integration/slurm.py:
-munged, slurmctld, slurmd, 2 CPUs, 2 GiB); Traefik with the chart's entrypoint, its SNI routes
-from a file. The clusters are DaskCluster objects written here as the user API writes them
-(the API's own tests are tests/integration/test_operator_api.py); a user's client connects
-through the edge with the cluster's credentials, as FacilityCluster does.
+munged, slurmctld, slurmd, slurmrestd with auth/jwt, 2 CPUs, 2 GiB) whose jobs run as two local
+accounts, the batch users of alice and bob (operator.batchUsers.table); Traefik with the
+chart's entrypoint, its SNI routes from a file. The clusters are DaskCluster objects written
+here as the user API writes them (the API's own tests are tests/integration/test_operator_api.py);
+a user's client connects through the edge with the cluster's credentials, as FacilityCluster
+does.
 
 No wildcard DNS resolves `<id>.<domain>` here, so the backend's `edgeHost` is 127.0.0.1:
 workers dial Traefik's loopback address and send the cluster's name by
@@ -19,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,8 +30,10 @@ from typing import Any
 
 import pytest
 from distributed import Client
+from distributed.comm.core import FatalCommClosedError
 from facility_client.security import client_security
 from facility_operator.backends import backend_for
+from facility_operator.backends.slurm import SLURMBackend, SlurmError
 
 from tests.conftest import CHART, free_port, kubectl, wait_for
 from tests.integration import dask_edge
@@ -41,13 +44,15 @@ from tests.integration.operator_stack import (
     dashboard_forwarder,
     file_edge,
 )
-from tests.integration.slurm import SlurmCluster, slurm_cluster
+from tests.integration.slurm import SlurmCluster, batch_system
 
 pytestmark = pytest.mark.cluster
 
 DASK_CLUSTERS = "daskclusters.facility.hep.io"
 QUOTA = 3  # workers and cores of every user (the SLURM node has 2 CPUs: a third job queues)
 WORKER = {"cores": 1, "memory": "256Mi", "disk": "100Mi"}
+# Each JupyterHub user's batch user, by the site's table.
+BATCH_USERS = {"alice": "facility-test-alice", "bob": "facility-test-bob"}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def slurm(workdir: Path) -> Iterator[SlurmCluster]:
-    with slurm_cluster(workdir / "slurm", free_port(), free_port()) as cluster:
+def slurm() -> Iterator[SlurmCluster]:
+    with batch_system(BATCH_USERS.values(), (free_port(), free_port(), free_port())) as cluster:
         yield cluster
 
 
@@ -77,26 +82,18 @@ def module_namespace(cluster: Path) -> Iterator[str]:
     kubectl("delete", "namespace", name, "--wait=false")
 
 
-def slurm_values(edge: FileEdge, workdir: Path, **backend: Any) -> dict[str, Any]:
+def slurm_values(
+    edge: FileEdge, slurm: SlurmCluster, log_dir: Path, **backend: Any
+) -> dict[str, Any]:
+    operator = slurm.operator_values(log_dir, BATCH_USERS, **backend)
     return {
         "edge": {"dask": {"domain": dask_edge.DOMAIN}, "service": {"port": edge.edge.port}},
-        "operator": {
-            "backend": "slurm",
+        "operator": operator
+        | {
             "statusInterval": 1,
             "sweepInterval": 5,
             "workers": {"interval": 1, "maxStartFailures": 3},
             "quotas": {"default": {"clusters": 10, "workers": QUOTA, "cores": QUOTA}},
-            "backends": {
-                "slurm": {
-                    "edgeHost": "127.0.0.1",
-                    "interface": "lo",
-                    "partition": "debug",
-                    "deathTimeout": 60,
-                    "python": sys.executable,
-                    "logDir": str(workdir),
-                    **backend,
-                }
-            },
         },
     }
 
@@ -116,8 +113,7 @@ def stack(
 ) -> Iterator[Stack]:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     kubectl("wait", "--for=condition=Established", f"crd/{DASK_CLUSTERS}")
-    jobs = workdir / "jobs"
-    jobs.mkdir()
+    jobs = slurm.job_folder("jobs")
     pods = SchedulerPods(
         module_namespace, workdir / "schedulers", edge.routes_file(module_namespace)
     )
@@ -125,8 +121,8 @@ def stack(
         operator = Operator(
             workdir / "operator",
             module_namespace,
-            slurm_values(edge, jobs),
-            env={**slurm.env, "FACILITY_SCHEDULER_URL": scheduler_url},
+            slurm_values(edge, slurm, jobs),
+            env={**slurm.operator_env, "FACILITY_SCHEDULER_URL": scheduler_url},
         )
         operator.start()
         try:
@@ -137,18 +133,18 @@ def stack(
             print(operator.log.read_text()[-8000:])
 
 
-def make_cluster(stack: Stack, cluster_id: str, **spec: Any) -> str:
-    """A DaskCluster as the user API writes it for alice."""
+def make_cluster(stack: Stack, cluster_id: str, owner: str = "alice", **spec: Any) -> str:
+    """A DaskCluster as the user API writes it for `owner`."""
     manifest = {
         "apiVersion": "facility.hep.io/v1alpha1",
         "kind": "DaskCluster",
         "metadata": {
             "name": cluster_id,
             "namespace": stack.namespace,
-            "labels": {"facility.hep.io/cluster": cluster_id, "facility.hep.io/owner": "alice"},
+            "labels": {"facility.hep.io/cluster": cluster_id, "facility.hep.io/owner": owner},
             "annotations": {"facility.hep.io/owner-groups": "[]"},
         },
-        "spec": {"owner": "alice", "backend": "slurm", "worker": WORKER, "idleTimeout": 0} | spec,
+        "spec": {"owner": owner, "backend": "slurm", "worker": WORKER, "idleTimeout": 0} | spec,
     }
     kubectl("apply", "-f", "-", input=json.dumps(manifest))
     wait_for(lambda: stack.pods.dashboard(cluster_id), f"the scheduler of {cluster_id}", 60)
@@ -190,11 +186,30 @@ def job_names(slurm: SlurmCluster, jobs: list[str]) -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.splitlines())
 
 
-def batch_script(slurm: SlurmCluster, job: str) -> str:
-    return subprocess.run(
-        ["scontrol", "write", "batch_script", job, "-"],
+def batch_script(slurm: SlurmCluster, job: str, as_user: str = "root") -> str:
+    """The job's script as `as_user` reads it with scontrol (SLURM's words when it refuses)."""
+    done = subprocess.run(
+        ["runuser", "-u", as_user, "--", "scontrol", "write", "batch_script", job, "-"],
+        env=slurm.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return done.stdout + done.stderr
+
+
+def job_record(slurm: SlurmCluster, job: str) -> dict[str, str]:
+    """What slurmctld holds of one job (scontrol show job, as root), as key=value fields."""
+    out = subprocess.run(
+        ["scontrol", "--oneliner", "show", "job", job],
         env=slurm.env, check=True, capture_output=True, text=True, timeout=30,
     ).stdout  # fmt: skip
+    return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+
+def as_user(slurm: SlurmCluster, user: str, *command: str) -> subprocess.CompletedProcess[str]:
+    """A SLURM command run by a batch user on the node (munge says who they are)."""
+    return subprocess.run(
+        ["runuser", "-u", user, "--", *command],
+        env=slurm.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
 
 
 @contextmanager
@@ -204,7 +219,16 @@ def user_client(stack: Stack, cluster_id: str) -> Iterator[Client]:
     data = {k: base64.b64decode(v).decode() for k, v in json.loads(done.stdout)["data"].items()}
     sni = f"{cluster_id}.{dask_edge.DOMAIN}"
     security = client_security(data["cluster-ca.crt"], data["tls.crt"], data["tls.key"], sni)
-    with Client(stack.edge.edge.address, security=security, timeout=30) as client:
+
+    def connected() -> Client | None:
+        # Traefik's API lists a new route a moment before its TCP router takes connections;
+        # a handshake in that moment ends in EOF (FatalCommClosedError), and Dask gives up.
+        try:
+            return Client(stack.edge.edge.address, security=security, timeout=30)
+        except FatalCommClosedError:
+            return None
+
+    with wait_for(connected, f"alice's client connected to {cluster_id}", 30) as client:
         yield client
 
 
@@ -240,16 +264,18 @@ def test_the_operator_makes_the_workers_and_they_join_through_the_edge(stack: St
     assert sorted(names.values()) == [f"{cluster_id}-default-0", f"{cluster_id}-default-1"]
     key = f"{stack.namespace}/{cluster_id}"
     for job in jobs:  # type: ignore[union-attr]
+        record = job_record(stack.slurm, job)
+        assert record["UserId"].startswith("facility-test-alice(")  # alice's batch user
+        assert record["Comment"] == f"facility:{key}"
+        assert record["JobName"] == names[job]
+        assert record["NumCPUs"] == "1"
+        assert record["MinMemoryNode"] == "256M"
+        assert record["Partition"] == "debug"
+        assert record["TimeLimit"] == "UNLIMITED"  # no walltime set: the partition's default
         script = batch_script(stack.slurm, job)
         # The workers know only the edge: its address, and the cluster's name as SNI.
         assert f"tls://127.0.0.1:{stack.edge.edge.port}" in script
         assert f"--scheduler-sni {cluster_id}.{dask_edge.DOMAIN}" in script
-        assert f"#SBATCH --comment=facility:{key}" in script
-        assert "#SBATCH --cpus-per-task=1" in script
-        assert "#SBATCH --mem=256M" in script
-        assert "#SBATCH --partition=debug" in script
-        assert "#SBATCH --time" not in script  # no walltime configured: the partition's default
-        assert f"#SBATCH --job-name={names[job]}" in script
         # The TLS files come in the script itself (no shared file system), for the job alone.
         assert "umask 077" in script
         assert "--tls-ca-file $FACILITY_TLS/cluster-ca.crt" in script
@@ -267,6 +293,47 @@ def test_the_operator_makes_the_workers_and_they_join_through_the_edge(stack: St
     )
     assert status(stack, cluster_id)["workers"] == 2
     delete(stack, cluster_id)
+
+
+def test_each_users_jobs_are_theirs_alone(stack: Stack) -> None:
+    """alice's and bob's workers run as their own batch users; bob, logged in on the batch
+    system or holding a token of his own for slurmrestd, can neither read alice's job script
+    (with her cluster's TLS key) nor cancel or hold her job."""
+    alice = make_cluster(stack, "alice-mine0", minWorkers=1, maxWorkers=1)
+    bob = make_cluster(stack, "bob-mine0", owner="bob", minWorkers=1, maxWorkers=1)
+    alice_job, bob_job = (
+        wait_for(lambda c=c: active_jobs(stack.slurm, stack.namespace, c), f"{c}'s job")[0]
+        for c in (alice, bob)
+    )
+    assert job_record(stack.slurm, alice_job)["UserId"].startswith("facility-test-alice(")
+    assert job_record(stack.slurm, bob_job)["UserId"].startswith("facility-test-bob(")
+    mallory = BATCH_USERS["bob"]
+    # Her script holds her cluster's key: SLURM shows it to her alone.
+    assert "PRIVATE KEY" in batch_script(stack.slurm, alice_job, as_user=BATCH_USERS["alice"])
+    stolen = batch_script(stack.slurm, alice_job, as_user=mallory)
+    assert "job script retrieval failed: Invalid user id" in stolen
+    assert "PRIVATE KEY" not in stolen
+    cancel = as_user(stack.slurm, mallory, "scancel", alice_job)
+    assert "Access/permission denied" in cancel.stderr
+    hold = as_user(stack.slurm, mallory, "scontrol", "hold", alice_job)
+    assert hold.returncode != 0
+    assert f"Invalid user id for job {alice_job}" in hold.stderr
+    # Through slurmrestd, with a valid token of bob's own: refused by slurmctld alike.
+    backend = backend_for(
+        "slurm", {"rest_url": stack.slurm.rest_url, "jwt_key_file": str(stack.slurm.jwt_key)}
+    )
+    with pytest.raises(SlurmError, match="Access/permission denied"):
+        backend.call("DELETE", f"job/{alice_job}", mallory)
+    with pytest.raises(SlurmError, match="Invalid user id"):
+        backend.call("POST", f"job/{alice_job}", mallory, {"hold": True})
+    # A token signed with any other key is no token: slurmctld drops the connection.
+    forged = SLURMBackend({"rest_url": stack.slurm.rest_url, "jwt_key_file": __file__})
+    with pytest.raises(SlurmError, match="Zero Bytes were transmitted or received"):
+        forged.call("DELETE", f"job/{alice_job}", BATCH_USERS["alice"])
+    assert job_record(stack.slurm, alice_job)["JobState"] in ("PENDING", "RUNNING")
+    assert job_record(stack.slurm, alice_job)["Priority"] != "0"  # not held
+    delete(stack, bob)
+    delete(stack, alice)
 
 
 def test_killed_and_restarted_workers_are_replaced_and_the_result_is_right(stack: Stack) -> None:
@@ -385,9 +452,9 @@ def test_two_worker_groups(stack: Stack) -> None:
         names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
     assert [n.rsplit("-", 1)[0] for n in names] == [f"{cluster_id}-big", f"{cluster_id}-default"]
     jobs = job_names(stack.slurm, active_jobs(stack.slurm, stack.namespace, cluster_id))
-    scripts = {name: batch_script(stack.slurm, job) for job, name in jobs.items()}
-    big = next(text for name, text in scripts.items() if "-big-" in name)
-    assert "#SBATCH --mem=300M" in big
+    memory = {name: job_record(stack.slurm, job)["MinMemoryNode"] for job, name in jobs.items()}
+    assert sorted(memory.values()) == ["256M", "300M"]
+    assert next(size for name, size in memory.items() if "-big-" in name) == "300M"
     delete(stack, cluster_id)
 
 
@@ -448,11 +515,10 @@ def test_workers_failing_before_they_connect_are_reported_then_stopped(
 ) -> None:
     """A worker command that cannot run (exit code 127): the reason and the end of the job's
     output reach the cluster's status, and after maxStartFailures the operator stops trying."""
-    jobs = workdir / "broken-jobs"
-    jobs.mkdir()
+    jobs = slurm.job_folder("broken-jobs")
     operator = Operator(
         workdir / "broken-operator", namespace,
-        slurm_values(edge, jobs, python="/nonexistent/python3"), env=slurm.env,
+        slurm_values(edge, slurm, jobs, python="/nonexistent/python3"), env=slurm.operator_env,
     )  # fmt: skip
     operator.start()
     try:
@@ -492,18 +558,16 @@ def test_workers_failing_before_they_connect_are_reported_then_stopped(
         print(operator.log.read_text()[-6000:])
 
 
-def test_remove_all_removes_one_cluster_only(
-    slurm: SlurmCluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    backend = backend_for("slurm", {})
+def test_remove_all_removes_one_cluster_only(slurm: SlurmCluster) -> None:
+    backend = backend_for("slurm", {"rest_url": slurm.rest_url, "jwt_key_file": str(slurm.jwt_key)})
     mine, other = "t-slurm/bob-aaaaa", "t-other/bob-aaaaa"
     for key in (mine, mine, other):
-        subprocess.run(
-            ["sbatch", f"--comment=facility:{key}", "--mem=8M", "--output=/dev/null",
-             "--job-name=bob-aaaaa-default-0", "--wrap", "sleep 600"],
-            env=slurm.env, check=True, capture_output=True, timeout=30,
+        submitted = as_user(
+            slurm, BATCH_USERS["bob"], "sbatch", f"--comment=facility:{key}", "--mem=8M",
+            "--output=/dev/null", "--chdir=/tmp", "--job-name=bob-aaaaa-default-0",
+            "--wrap", "sleep 600",
         )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
     assert len(backend.jobs(mine)) == 2
     # The sweep lists one namespace: another facility's jobs on the same batch system stay.
     assert {key: len(jobs) for key, jobs in backend.list_all("t-slurm").items()} == {mine: 2}

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import importlib
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,35 +26,25 @@ from facility_client.cluster import FacilityCluster, FacilityError, ScaleRange
 
 from tests.conftest import ROOT, free_port, wait_for
 from tests.integration.operator_stack import Facility, get, running_facility
-from tests.integration.slurm import SlurmCluster, slurm_cluster
+from tests.integration.slurm import SlurmCluster, batch_system
 
 pytestmark = pytest.mark.cluster
 
 
+BATCH_USERS = {"alice": "facility-test-alice"}  # her batch user, by the site's table
+
+
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    with slurm_cluster(tmp_path_factory.mktemp("slurm"), free_port(), free_port()) as cluster:
+def slurm() -> Iterator[SlurmCluster]:
+    with batch_system(BATCH_USERS.values(), (free_port(), free_port(), free_port())) as cluster:
         yield cluster
 
 
 @pytest.fixture
 def facility(slurm: SlurmCluster, namespace: str, tmp_path: Path) -> Iterator[Facility]:
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    values = {
-        "operator": {
-            "backend": "slurm",
-            "statusInterval": 1,
-            "workers": {"interval": 1},
-            "backends": {
-                "slurm": {
-                    "edgeHost": "127.0.0.1", "interface": "lo", "partition": "debug",
-                    "deathTimeout": 60, "python": sys.executable, "logDir": str(jobs),
-                }
-            },
-        }
-    }  # fmt: skip
-    with running_facility(tmp_path, namespace, values, env=slurm.env) as running:
+    operator = slurm.operator_values(slurm.job_folder(namespace), BATCH_USERS)
+    values = {"operator": operator | {"statusInterval": 1, "workers": {"interval": 1}}}
+    with running_facility(tmp_path, namespace, values, env=slurm.operator_env) as running:
         yield running
 
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from cryptography import x509
 from distributed import LocalCluster
+from facility_operator.names import new_cluster_id, user_slug
 from kubernetes import client, config, watch
 
 from tests.conftest import CHART, KUBECONFIG, free_port, helm, kubectl, merge_values, wait_for
@@ -223,6 +224,54 @@ def test_cluster_becomes_its_objects_with_owners_labels_and_status(
     cluster_ca.verify_directly_issued_by(root)
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == [f"{CLUSTER}.{DOMAIN}"]
+
+
+# Names that slug badly: a leading digit, an e-mail with a quote, upper case, 70 characters,
+# non-Latin letters only, and two that slug alike.
+AWKWARD_NAMES = ["1alice", "O'Brien@cern.ch", "ALICE", "x" * 70, "日本", "a.b", "a-b"]
+
+
+def test_every_user_name_gets_valid_objects_and_none_collide(
+    operator: Operator, namespace: str
+) -> None:
+    """Each name's cluster, as the user API makes it (the id from the name, the owner label its
+    slug, the exact name in the spec), becomes its pod, Service, Secret and route, accepted by
+    the real API server, and Running; no two share a name."""
+    ids = {name: new_cluster_id(name) for name in AWKWARD_NAMES}
+    for name, cluster_id in ids.items():
+        manifest = {
+            "apiVersion": "facility.hep.io/v1alpha1",
+            "kind": "DaskCluster",
+            "metadata": {
+                "name": cluster_id,
+                "namespace": namespace,
+                "labels": {"facility.hep.io/cluster": cluster_id,
+                           "facility.hep.io/owner": user_slug(name)},
+            },
+            "spec": {"owner": name, "backend": "kubernetes", "minWorkers": 0, "maxWorkers": 0},
+        }  # fmt: skip
+        kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    assert len(set(ids.values())) == len(ids)
+
+    def phase(cluster_id: str) -> str:
+        cluster = get(namespace, DASK_CLUSTERS, cluster_id) or {}
+        return cluster.get("status", {}).get("phase", "")
+
+    for name, cluster_id in ids.items():
+        wait_for(lambda c=cluster_id: phase(c) == "Running", f"{name!r}'s cluster Running", 90)
+        cluster = get(namespace, DASK_CLUSTERS, cluster_id)
+        assert cluster is not None
+        assert cluster["spec"]["owner"] == name
+        for kind, object_name in (
+            ("pod", f"{cluster_id}-scheduler"), ("service", f"{cluster_id}-scheduler"),
+            ("secret", f"{cluster_id}-tls"), ("ingressroutetcp", cluster_id),
+        ):  # fmt: skip
+            assert get(namespace, kind, object_name) is not None, (name, kind)
+        route = get(namespace, "ingressroutetcp", cluster_id)
+        assert route["spec"]["routes"][0]["match"] == f"HostSNI(`{cluster_id}.{DOMAIN}`)"
+    services = names(namespace, "service", "app.kubernetes.io/managed-by=facility-operator")
+    assert services == sorted(f"{c}-scheduler" for c in ids.values())
+    kubectl("delete", DASK_CLUSTERS, "--all", "-n", namespace, "--timeout=120s")
 
 
 def test_killed_operator_restarts_without_duplicates_and_keeps_the_ca(

@@ -83,3 +83,18 @@ def test_refreshed_access_token_reaches_the_server(tmp_path: Path) -> None:
             assert requests.get(service, timeout=10).status_code == 401
             forged = {"Authorization": "token not-a-jupyterhub-token"}
             assert requests.get(service, headers=forged, timeout=10).status_code == 403
+            # A valid token of alice's that may not access this service (as the token her
+            # server gets for a visitor): 403, naming the scope it lacks.
+            narrow = session.post(
+                f"{hub.url}/hub/api/users/alice/tokens",
+                json={"note": "no service access", "expires_in": 600,
+                      "scopes": ["read:users:name!user"]},
+                headers={"X-XSRFToken": session.cookies["_xsrf"]},
+                timeout=10,
+            )  # fmt: skip
+            assert narrow.status_code == 201, narrow.text
+            answer = requests.get(
+                service, headers={"Authorization": f"token {narrow.json()['token']}"}, timeout=10
+            )
+            assert answer.status_code == 403
+            assert "lacks the scope access:services!service=tokens" in answer.json()["error"]

@@ -21,7 +21,8 @@ from facility_operator.backends import backend_for
 from facility_operator.backends.base import ClusterWorkers, WorkerGroup
 from facility_operator.backends.htcondor import HTCondorBackend
 from facility_operator.backends.kubernetes import worker_pod
-from facility_operator.backends.slurm import SLURMBackend
+from facility_operator.backends.slurm import SLURMBackend, SlurmError, walltime_minutes
+from facility_operator.batch_users import NoBatchUser, batch_user
 from facility_operator.certs import new_cluster_identity, new_facility_ca
 
 from tests.chart.test_objects import restricted_violations
@@ -222,54 +223,92 @@ def test_job_states_from_the_schedds_attributes() -> None:
 # --- SLURM
 
 
-def test_slurm_job_script() -> None:
+def test_slurm_job_description_and_script() -> None:
     backend = SLURMBackend({
         "partition": "short", "account": "cms", "walltime": "08:00:00",
         "edge_host": "edge.example.org", "log_dir": "/scratch/logs",
+        "extra_properties": {"qos": "short"},
     })  # fmt: skip
-    script = backend.job_script(cluster(), group(gpus=1, name="gpu"), f"{CLUSTER_ID}-gpu-0")
-    directives = [
-        line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH")
-    ]
-    assert directives == [
-        f"--job-name={CLUSTER_ID}-gpu-0",
-        f"--comment=facility:users/{CLUSTER_ID}",
-        "--nodes=1",
-        "--ntasks=1",
-        "--cpus-per-task=4",
-        "--mem=8192M",
-        "--tmp=20480M",
-        f"--output=/scratch/logs/{CLUSTER_ID}-gpu-0-%j.out",
-        "--gres=gpu:1",
-        "--partition=short",
-        "--account=cms",
-        "--time=08:00:00",
-    ]
+    name = f"{CLUSTER_ID}-gpu-0"
+    assert backend.description(cluster(), group(gpus=1, name="gpu"), name) == {
+        "name": name,
+        "comment": f"facility:users/{CLUSTER_ID}",
+        "nodes": 1,
+        "tasks": 1,
+        "cpus_per_task": 4,
+        "memory_per_node": 8192,
+        "current_working_directory": "/scratch/logs",
+        "standard_output": f"/scratch/logs/{name}-%j.out",
+        "environment": {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "FACILITY_XCACHE": "root://xcache.users.svc:1094",
+        },
+        "gres": "gpu:1",
+        "partition": "short",
+        "account": "cms",
+        "time_limit": 480,
+        "qos": "short",
+    }
+    script = backend.job_script(cluster(), group(gpus=1, name="gpu"), name)
+    assert "#SBATCH" not in script  # slurmrestd reads no directives: the description says it
     assert TLS["tls.key"].strip() in script  # the job writes it on the node, for itself alone
     assert "umask 077" in script
     command = shlex.split(script.splitlines()[-1])
     assert command[3] == "tls://edge.example.org:443"
     assert option(command, "--resources") == "GPU=1"
     assert option(command, "--scheduler-sni") == f"{CLUSTER_ID}.dask.example.org"
-    assert "export FACILITY_XCACHE=root://xcache.users.svc:1094" in script
+
+
+@pytest.mark.parametrize(
+    ("walltime", "minutes"),
+    [("30", 30), ("1:30", 2), ("08:00:00", 480), ("1-00:00:00", 1440), ("2-12", 3600),
+     ("0:00:01", 1)],
+)  # fmt: skip
+def test_slurm_walltime_in_minutes(walltime: str, minutes: int) -> None:
+    assert walltime_minutes(walltime) == minutes
 
 
 def test_slurm_states() -> None:
     record = {
-        "JobId": "12", "JobName": f"{CLUSTER_ID}-default-1", "JobState": "FAILED",
-        "ExitCode": "127:0", "EndTime": "2026-12-01T10:00:00", "Reason": "NonZeroExitCode",
+        "job_id": 12, "name": f"{CLUSTER_ID}-default-1", "job_state": "FAILED",
+        "exit_code": 127 << 8, "end_time": 1796167540, "state_reason": "NonZeroExitCode",
+        "user_name": "alice",
     }  # fmt: skip
     failed = SLURMBackend._job(record, CLUSTER_ID)
     assert failed is not None
-    assert (failed.state, failed.reason, failed.group) == (
+    assert (failed.state, failed.reason, failed.group, failed.account, failed.since) == (
         "failed",
         "FAILED (NonZeroExitCode), exit code 127",
         "default",
+        "alice",
+        "2026-12-01T23:25:40+00:00",
     )
-    pending = SLURMBackend._job(record | {"JobState": "PENDING", "Reason": "Resources"}, CLUSTER_ID)
+    killed = SLURMBackend._job(record | {"exit_code": 9}, CLUSTER_ID)
+    assert killed is not None
+    assert killed.reason.endswith("exit code 0, signal 9")
+    pending = SLURMBackend._job(
+        record | {"job_state": "PENDING", "state_reason": "Resources"}, CLUSTER_ID
+    )
     assert pending is not None
     assert (pending.state, pending.reason) == ("pending", "Resources")
-    assert SLURMBackend._job(record | {"JobState": "CANCELLED"}, CLUSTER_ID) is None
+    assert SLURMBackend._job(record | {"job_state": "CANCELLED"}, CLUSTER_ID) is None
+
+
+def test_slurm_without_rest_url_or_key_names_the_value() -> None:
+    with pytest.raises(SlurmError, match=r"backends\.slurm\.jwtKeySecret"):
+        SLURMBackend({"rest_url": "http://slurmrestd:6820"}).token("alice")
+    with pytest.raises(SlurmError, match=r"backends\.slurm\.restUrl"):
+        SLURMBackend({})._url("jobs")
+
+
+def test_batch_users_by_name_or_table() -> None:
+    assert batch_user("alice", {}) == "alice"
+    table = {"batch_users": {"rule": "table", "table": {"alice": "cms042"}}}
+    assert batch_user("alice", table) == "cms042"
+    with pytest.raises(NoBatchUser, match=r"add them to operator\.batchUsers\.table"):
+        batch_user("bob", table)
+    with pytest.raises(NoBatchUser, match="one of name, table"):
+        batch_user("bob", {"batch_users": {"rule": "ldap"}})
 
 
 # --- Kubernetes
@@ -326,8 +365,8 @@ def test_only_jobs_named_as_the_operator_names_them_are_a_clusters_workers() -> 
         "",
     ):
         assert not is_worker_of(name, CLUSTER_ID), name
-    record = {"JobId": "9", "JobName": "../bob-x1y2z/bob-x1y2z-default-0", "JobState": "RUNNING",
-              "Comment": f"facility:users/{CLUSTER_ID}"}  # fmt: skip
+    record = {"job_id": 9, "name": "../bob-x1y2z/bob-x1y2z-default-0", "job_state": "RUNNING",
+              "comment": f"facility:users/{CLUSTER_ID}"}  # fmt: skip
     backend = SLURMBackend({})
-    backend._records = lambda: iter([record])  # type: ignore[method-assign]
+    backend._records = lambda: [record]  # type: ignore[method-assign]
     assert backend.jobs(f"users/{CLUSTER_ID}") == []

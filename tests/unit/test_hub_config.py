@@ -297,3 +297,31 @@ def test_dask_service_is_the_operator() -> None:
     assert not [r for r in c.JupyterHub.load_roles if "dask" in r.get("services", [])]
     off = build({"devMode": True, "operator": {"enabled": False}})
     assert "dask" not in [s["name"] for s in off.JupyterHub.services]
+
+
+def test_users_and_their_servers_reach_the_services_and_visitors_do_not() -> None:
+    """Every user's role grants the two services; the server's own token asks for exactly those
+    and JupyterHub's server scopes (a token it gets for a visitor has none of them), and the
+    service names are the ones the operator and the token service check."""
+    from facility_operator.api import SERVICE_NAME
+
+    from hub_config import token_service
+
+    c = build({"devMode": True})
+    (user,) = [r for r in c.JupyterHub.load_roles if r["name"] == "user"]
+    assert user["scopes"] == [
+        "self", "access:services!service=dask", "access:services!service=tokens"
+    ]  # fmt: skip
+    assert c.KubeSpawner.server_token_scopes == [
+        "users:activity!user", "access:servers!server",
+        "access:services!service=dask", "access:services!service=tokens",
+    ]  # fmt: skip
+    names = {s["name"] for s in c.JupyterHub.services}
+    assert {SERVICE_NAME, token_service.NAME} <= names
+    # A site's own "user" role keeps its scopes and gains the services.
+    site_role = {"name": "user", "scopes": ["self", "read:groups"]}
+    mine = build({"devMode": True, "hub": {"config": {"JupyterHub": {"load_roles": [site_role]}}}})
+    (user,) = [r for r in mine.JupyterHub.load_roles if r["name"] == "user"]
+    assert user["scopes"] == [
+        "self", "read:groups", "access:services!service=dask", "access:services!service=tokens"
+    ]  # fmt: skip

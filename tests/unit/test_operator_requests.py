@@ -173,26 +173,29 @@ def test_a_change_within_or_below_the_limit_is_allowed() -> None:
     assert refusal(quotas.check, limits, "alice", [spec(60)], spec(11), current=spec(10))
 
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A Service's name (DNS-1035): the scheduler's is `<cluster-id>-scheduler`.
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 @pytest.mark.parametrize(
-    ("name", "slug"),
+    ("name", "slug", "prefix"),
     [
-        ("alice", "alice"),
-        ("Alice.Smith@cern.ch", "alice-smith-cern-ch"),
-        ("_bob_", "bob"),
-        ("x" * 60, "x" * 40),
-        ("élise", "lise"),
-        ("???", "user"),
+        ("alice", "alice", "alice"),
+        ("Alice.Smith@cern.ch", "alice-smith-cern-ch", "alice-smith-cern-ch"),
+        ("_bob_", "bob", "bob"),
+        ("x" * 60, "x" * 40, "x" * 40),
+        ("élise", "lise", "lise"),
+        ("???", "user", "user"),
+        ("1alice", "1alice", "u1alice"),
+        ("9" * 70, "9" * 40, "u" + "9" * 40),
     ],
 )
-def test_cluster_ids_are_dns_labels(name: str, slug: str) -> None:
+def test_cluster_ids_are_dns_1035_labels(name: str, slug: str, prefix: str) -> None:
     assert user_slug(name) == slug
     cluster = new_cluster_id(name)
-    assert re.fullmatch(rf"{re.escape(slug)}-[a-z0-9]{{5}}", cluster)
-    assert DNS_LABEL.match(cluster)
-    assert len(cluster) <= 63
+    assert re.fullmatch(rf"{re.escape(prefix)}-[a-z0-9]{{5}}", cluster)
+    assert DNS_1035_LABEL.match(f"{cluster}-scheduler")
+    assert len(f"{cluster}-scheduler") <= 63
 
 
 def test_token_headers() -> None:

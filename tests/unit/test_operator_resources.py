@@ -4,6 +4,7 @@ route; and the phase it derives from a scheduler pod."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -253,6 +254,19 @@ def test_backend_config_is_in_the_backends_spelling() -> None:
     # Empty strings are unset: the backends then use their own defaults.
     assert "schedd" not in s.backend_config("htcondor")
     assert s.backend_config("htcondor")["universe"] == "docker"
+
+
+def test_batch_backends_get_the_batch_users_and_slurm_its_key() -> None:
+    table = {"rule": "table", "table": {"alice": "cms042"}}
+    s = settings(operator={"batchUsers": table})
+    s = dataclasses.replace(s, slurm_jwt_key_file="/etc/facility/slurm-jwt/jwt_hs256.key")
+    slurm = s.backend_config("slurm")
+    assert slurm["batch_users"] == table
+    assert slurm["jwt_key_file"] == "/etc/facility/slurm-jwt/jwt_hs256.key"
+    assert slurm["inventory_account"] == "slurm"
+    assert s.backend_config("htcondor")["batch_users"] == table
+    assert "batch_users" not in s.backend_config("kubernetes")
+    assert "jwt_key_file" not in s.backend_config("htcondor")
 
 
 def test_settings_from_the_chart_defaults() -> None:

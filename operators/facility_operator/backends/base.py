@@ -107,6 +107,7 @@ class Job:
     state: str  # one of ACTIVE or ENDED
     since: str = ""  # RFC 3339, when it entered this state, where the backend says
     reason: str = ""  # why it waits or ended, in the batch system's words
+    account: str = ""  # the batch user it runs as, where the backend says (SLURM)
 
     @property
     def number(self) -> int:

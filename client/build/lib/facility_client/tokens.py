@@ -1,0 +1,79 @@
+"""Keep the user's access token in a file, where XRootD, HTCondor and other WLCG tools look.
+
+The hub holds the identity provider's tokens and refreshes them; its token service hands a
+user's server the current access token (hub_config.token_service). This module fetches it with
+the server's JupyterHub token and writes it, readable by the user alone (mode 0600), to the
+file of the WLCG bearer-token discovery rules: $BEARER_TOKEN_FILE, else
+$XDG_RUNTIME_DIR/bt_u<uid>, else /tmp/bt_u<uid>.
+
+usage: facility-token [--once | --every SECONDS] [--url URL] [--file PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def token_file() -> Path:
+    """Where WLCG tools look for a bearer token, by the discovery rules' order."""
+    if os.environ.get("BEARER_TOKEN_FILE"):
+        return Path(os.environ["BEARER_TOKEN_FILE"])
+    name = f"bt_u{os.getuid()}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / name if runtime else Path("/tmp") / name
+
+
+def fetch(url: str, api_token: str, timeout: float = 10) -> str:
+    """The user's current access token from the hub's token service."""
+    request = urllib.request.Request(url, headers={"Authorization": f"token {api_token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return str(json.load(response)["access_token"])
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        raise SystemExit(f"the token service at {url} said {error.code}: {detail}") from error
+
+
+def write(path: Path, token: str) -> None:
+    """Replace the file at once (readers never see half a token), mode 0600 from the start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:  # mkstemp makes the file with mode 0600
+            out.write(token)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("FACILITY_TOKENS_URL"),
+                        help="the token service (default: $FACILITY_TOKENS_URL)")  # fmt: skip
+    parser.add_argument("--file", type=Path, default=None, help="default: WLCG discovery")
+    parser.add_argument("--every", type=float, default=0, help="repeat every SECONDS")
+    parser.add_argument("--once", action="store_true", help="fetch once and exit (default)")
+    args = parser.parse_args(argv)
+    api_token = os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not args.url or not api_token:
+        parser.error("needs --url (or FACILITY_TOKENS_URL) and JUPYTERHUB_API_TOKEN")
+    path = args.file or token_file()
+    while True:
+        write(path, fetch(args.url, api_token))
+        if args.once or not args.every:
+            print(f"access token written to {path}")
+            return 0
+        time.sleep(args.every)  # a refresh period, not synchronisation
+
+
+if __name__ == "__main__":
+    sys.exit(main())
