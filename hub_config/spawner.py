@@ -103,6 +103,7 @@ def environment(facility: Facility) -> dict[str, str]:
         "FACILITY_OPERATOR_URL": operator_url(facility),
         "FACILITY_DASK_DOMAIN": edge["dask"]["domain"],
         "FACILITY_DASK_PORT": str(edge["service"]["port"]),
+        "FACILITY_NAMESPACE": facility.namespace,
         **cache,
         # The hub's token service, through the proxy (see hub_config.token_service).
         "FACILITY_TOKENS_URL": f"http://{names['proxyHttp']}.{facility.namespace}:8000/services/tokens/",

@@ -60,6 +60,10 @@ ENV_CONTACT_ADDRESS = "FACILITY_CONTACT_ADDRESS"
 ENV_TLS_DIR = "FACILITY_TLS_DIR"
 ENV_IDLE_TIMEOUT = "FACILITY_IDLE_TIMEOUT"
 ENV_XCACHE = "FACILITY_XCACHE"
+# In notebooks: the facility's namespace, where the schedulers' Services are.
+ENV_NAMESPACE = "FACILITY_NAMESPACE"
+# A cluster's scheduler Service: <cluster-id><SCHEDULER_SERVICE_SUFFIX>.
+SCHEDULER_SERVICE_SUFFIX = "-scheduler"
 BEARER_TOKEN_FILE = "BEARER_TOKEN_FILE"
 
 # The default worker group: the DaskCluster's spec.worker with spec.minWorkers/maxWorkers.

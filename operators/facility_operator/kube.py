@@ -27,6 +27,7 @@ class Kube:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.networking = client.NetworkingV1Api(api)
 
     @classmethod
     def connect(cls) -> Kube:
@@ -41,6 +42,7 @@ class Kube:
             "Secret": self.core.create_namespaced_secret,
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }
         try:
             if obj["kind"] == "IngressRouteTCP":

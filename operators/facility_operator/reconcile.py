@@ -43,6 +43,13 @@ def ensure_objects(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> N
         kube.create(res.tls_secret(settings, body, identity))
     kube.create(res.scheduler_service(settings, body))
     kube.create(res.ingress_route(settings, body))
+    server = res.owner_server(body)
+    owner_pod = kube.pod(namespace, server) if server else None
+    policy = (
+        res.dashboard_policy(settings, body, owner_pod.metadata.labels or {}) if owner_pod else None
+    )
+    if policy is not None:
+        kube.create(policy)
     # The pod last: it mounts the Secret.
     kube.create(res.scheduler_pod(settings, body))
 

@@ -30,6 +30,7 @@ from facility_client.contract import (
     SCHEDULER,
     SCHEDULER_MODULE,
     SCHEDULER_PORT,
+    SCHEDULER_SERVICE_SUFFIX,
     TLS_DIR,
     USER_TOKEN_DIR,
     USER_TOKEN_KEY,
@@ -50,12 +51,20 @@ EDGE_ENTRYPOINT = "websecure"
 Body = Mapping[str, Any]
 
 
+# What names one user's notebook pod (KubeSpawner's labels): the dashboard policy admits it.
+USERNAME_LABEL = "hub.jupyter.org/username"
+SERVER_POD_LABELS = (
+    "app.kubernetes.io/instance", "app.kubernetes.io/component", USERNAME_LABEL,
+    "hub.jupyter.org/servername",
+)  # fmt: skip
+
+
 def cluster_id(body: Body) -> str:
     return str(body["metadata"]["name"])
 
 
 def scheduler_name(body: Body) -> str:
-    return f"{cluster_id(body)}-scheduler"
+    return f"{cluster_id(body)}{SCHEDULER_SERVICE_SUFFIX}"
 
 
 def secret_name(body: Body) -> str:
@@ -307,5 +316,40 @@ def ingress_route(settings: Settings, body: Body) -> dict[str, Any]:
                 }
             ],
             "tls": {"passthrough": True},
+        },
+    }
+
+
+def owner_server(body: Body) -> str | None:
+    """The name of the owner's notebook pod that owns the cluster (the user API sets it)."""
+    refs = body["metadata"].get("ownerReferences") or []
+    return next((ref["name"] for ref in refs if ref.get("kind") == "Pod"), None)
+
+
+def dashboard_policy(
+    settings: Settings, body: Body, server_labels: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """Who else may reach the scheduler's dashboard port (plain HTTP, with Dask's HTTP API):
+    the owner's own notebook pod, by its KubeSpawner labels (the user's server proxies the
+    dashboard link to its owner's browser alone); None for a pod without its user's label,
+    which would select every notebook. The chart's policy admits the operator."""
+    if USERNAME_LABEL not in server_labels:
+        return None
+    server = {key: server_labels[key] for key in SERVER_POD_LABELS if key in server_labels}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(settings, body, f"{cluster_id(body)}-dashboard", SCHEDULER),
+        "spec": {
+            "podSelector": {
+                "matchLabels": {LABEL_CLUSTER: cluster_id(body), LABEL_COMPONENT: SCHEDULER}
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": server}}],
+                    "ports": [{"port": DASHBOARD_PORT}],
+                }
+            ],
         },
     }

@@ -98,7 +98,11 @@ def test_every_component_has_a_network_policy(values: Path) -> None:
         if o["kind"] == "NetworkPolicy"
     }
     # Pods that others make: KubeSpawner the servers, the operator the Dask schedulers.
-    assert set(policies) == components(values) | {"singleuser-server", "dask-scheduler"}
+    assert set(policies) == components(values) | {
+        "singleuser-server",
+        "dask-scheduler",
+        "dask-worker",
+    }
     for component, spec in policies.items():
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}

@@ -77,6 +77,19 @@ def test_lifecycle(
             "cores": 1, "memory": "256Mi", "disk": "100Mi", "image": "", "gpus": 0,
         }  # fmt: skip
         assert cluster.dashboard_link.startswith(f"/user/alice/proxy/{cluster_id}-scheduler.")
+        # The dashboard port admits alice's own notebook pod (by its KubeSpawner labels) and,
+        # by the chart's policy, the operator: nobody else's.
+        policy = wait_for(
+            lambda: get("networkpolicy", f"{cluster_id}-dashboard", namespace), "its policy", 30
+        )
+        (rule,) = policy["spec"]["ingress"]  # type: ignore[index]
+        assert rule["ports"] == [{"port": 8787, "protocol": "TCP"}]
+        (peer,) = rule["from"]
+        assert peer["podSelector"]["matchLabels"]["hub.jupyter.org/username"] == "alice"
+        assert policy["spec"]["podSelector"]["matchLabels"] == {  # type: ignore[index]
+            "facility.hep.io/cluster": cluster_id,
+            "app.kubernetes.io/component": "dask-scheduler",
+        }
 
         # The bearer token reaches the cluster's Secret at start, and again when refreshed.
         def shared() -> str:

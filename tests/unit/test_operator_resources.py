@@ -302,3 +302,37 @@ def test_status_follows_the_scheduler_pod() -> None:
     ended = client.V1ContainerStateTerminated(exit_code=1, reason="Error")
     failed = scheduler_status(pod_in("Failed", terminated=ended))
     assert failed == {"phase": "Failed", "message": "the scheduler failed: Error"}
+
+
+def test_the_dashboard_policy_admits_the_owners_notebook_alone() -> None:
+    s = settings()
+    body = cluster()
+    server = {
+        "app.kubernetes.io/instance": "af", "app.kubernetes.io/component": "singleuser-server",
+        "hub.jupyter.org/username": "alice", "hub.jupyter.org/servername": "", "other": "x",
+    }  # fmt: skip
+    policy = res.dashboard_policy(s, body, server)
+    assert policy is not None
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8787}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {
+        k: v for k, v in server.items() if k != "other"}}}]  # fmt: skip
+    # A pod without its user's label would select every notebook: no policy then.
+    del server["hub.jupyter.org/username"]
+    assert res.dashboard_policy(s, body, server) is None
+
+
+def test_notebooks_may_proxy_the_schedulers_of_their_namespace_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from facility_client.dashboard import allowed_host
+
+    monkeypatch.setenv("FACILITY_NAMESPACE", "facility")
+    for host in ("alice-x7k2p-scheduler.facility", "alice-x7k2p-scheduler.facility:8787",
+                 "u1alice-x7k2p-scheduler.facility.svc.cluster.local", "localhost"):  # fmt: skip
+        assert allowed_host(None, host), host
+    for host in ("alice-x7k2p-scheduler.other", "kubernetes.default", "facility-hub.facility",
+                 "x-scheduler.facility.evil.org", "169.254.169.254"):  # fmt: skip
+        assert not allowed_host(None, host), host
+    monkeypatch.delenv("FACILITY_NAMESPACE")
+    assert not allowed_host(None, "alice-x7k2p-scheduler.facility")
