@@ -200,7 +200,12 @@ def facility(
                                 {
                                     "name": "e2e",
                                     "services": ["e2e"],
-                                    "scopes": ["admin:users", "admin:servers", "access:servers"],
+                                    "scopes": [
+                                        "admin:users",
+                                        "admin:servers",
+                                        "access:servers",
+                                        "tokens",
+                                    ],
                                 }
                             ],
                         }
@@ -408,7 +413,8 @@ with FacilityCluster(edge_host="{FULLNAME}-edge.{NAMESPACE}.svc", timeout=300) a
         if time.monotonic() > deadline:
             raise TimeoutError(f"the second worker: {{seen}}")
         time.sleep(1)
-    print(json.dumps({{"id": cluster.name, "sum": total, "workers": workers, "seen": seen}}))
+    print(json.dumps({{"id": cluster.name, "sum": total, "workers": workers, "seen": seen,
+                      "dashboard": cluster.dashboard_link}}))
     sys.stdout.flush()
     sys.stdin.readline()
 """
@@ -474,6 +480,26 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert probe.stdout.strip() == "False", probe.stdout + probe.stderr
+
+        # The dashboard link opens through the hub into alice's server (here with the admin
+        # service's access to her server; jupyter-server-proxy, then her scheduler's policy
+        # admits her notebook) and is refused to another user's token.
+        link = result["dashboard"]
+        assert link == f"/user/{USER}/proxy/{scheduler}.{NAMESPACE}:8787/status"
+        page = wait_for(
+            lambda: (answer := facility.api("GET", link)).status_code == 200 and answer,
+            "the dashboard through alice's server",
+            60,
+        )
+        assert "Dask" in page.text  # type: ignore[union-attr]
+        facility.api("POST", "/hub/api/users/bob")  # 201, or 409 when bob exists already
+        bob = facility.api("POST", "/hub/api/users/bob/tokens", json={"expires_in": 600})
+        assert bob.status_code == 201, bob.text
+        stranger = requests.get(
+            f"{facility.url}{link}", headers={"Authorization": f"token {bob.json()['token']}"},
+            verify=False, timeout=30, allow_redirects=False,
+        )  # fmt: skip
+        assert stranger.status_code == 403, stranger.text[:300]
     finally:
         notebook.stdin.write("\n")
         notebook.stdin.close()
