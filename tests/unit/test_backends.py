@@ -19,7 +19,7 @@ import htcondor2
 import pytest
 from facility_operator.backends import backend_for
 from facility_operator.backends.base import ClusterWorkers, WorkerGroup
-from facility_operator.backends.htcondor import HTCondorBackend
+from facility_operator.backends.htcondor import HTCondorBackend, NoUserToken
 from facility_operator.backends.kubernetes import worker_pod
 from facility_operator.backends.slurm import SLURMBackend, SlurmError, walltime_minutes
 from facility_operator.batch_users import NoBatchUser, batch_user
@@ -191,6 +191,32 @@ def test_start_submits_one_job_per_worker_with_the_users_token(
     # The submit authenticates with the user's own token; the setting does not outlive it.
     assert schedd.tokens == [str(tmp_path / CLUSTER_ID / "bearer_token")] * 2
     assert htcondor2.param.get("SCITOKENS_FILE") != str(tmp_path / CLUSTER_ID / "bearer_token")
+
+
+def test_a_users_jobs_carry_their_token_or_none_is_submitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """credential "user" (the default): an owner who shared no token gets no job (the site's
+    credential does not stand in); "site": the operator's own credential submits."""
+    schedd = StandInSchedd()
+    backend = HTCondorBackend({"work_dir": str(tmp_path)})
+    monkeypatch.setattr(backend, "_schedd", lambda: schedd)
+    with pytest.raises(NoUserToken, match=r"credential: site"):
+        backend.start(cluster(), group(), [f"{CLUSTER_ID}-default-0"])
+    assert schedd.submitted == []
+    site = HTCondorBackend({"work_dir": str(tmp_path), "credential": "site"})
+    monkeypatch.setattr(site, "_schedd", lambda: schedd)
+    site.start(cluster(), group(), [f"{CLUSTER_ID}-default-0"])
+    assert schedd.tokens == [None]  # the process's own (site) credential
+
+
+def test_jobs_are_charged_to_the_owners_batch_user(tmp_path: Path) -> None:
+    backend = HTCondorBackend({
+        "work_dir": str(tmp_path), "accounting_group": "group_cms",
+        "batch_users": {"rule": "table", "table": {"alice": "cms042"}},
+    })  # fmt: skip
+    submit = parsed(backend, token="tok")  # parsed by HTCondor's own Submit
+    assert (submit["accounting_group"], submit["accounting_group_user"]) == ("group_cms", "cms042")
 
 
 def test_job_states_from_the_schedds_attributes() -> None:

@@ -12,12 +12,18 @@ Config (the chart's `backends.htcondor` values):
   token that travel with each job, and the jobs' output and error). Default
   /tmp/facility-htcondor.
 - `edge_host`; `interface`; `death_timeout`; `python`; `walltime` (seconds, as `+MaxRuntime`);
-  `extra_directives` (more submit commands).
+  `extra_directives` (more submit commands); `credential`, `accounting_group` (below).
 
-The user's bearer token, when their client has shared it, authenticates the submit (HTCondor's
-SCITOKENS method) and travels with the job as `BEARER_TOKEN_FILE` (e.g. to read through XCache).
-Otherwise the operator's own HTCondor credential (the chart's `tokenSecret`, mounted in the
-operator alone) does. Every job carries `+FacilityCluster = "<namespace>/<cluster-id>"` and
+`credential` says who the schedd sees. `user` (the default): the owner's own bearer token
+(their WLCG/SciToken access token, which FacilityCluster shares) authenticates the submit
+(HTCondor's SCITOKENS method), so the job's Owner is the user; with no token shared, no job is
+submitted and the start failure says why. `site`: the operator's own HTCondor credential (the
+chart's `tokenSecret`, mounted in the operator alone) submits every user's jobs, which then
+share one Owner. Either way the token travels with the job as `BEARER_TOKEN_FILE` (e.g. to read
+through XCache). `accounting_group`, when set, charges the job to
+`<accounting_group>.<batch user>` (`facility_operator.batch_users`).
+
+Every job carries `+FacilityCluster = "<namespace>/<cluster-id>"` and
 `+FacilityWorker = "<worker name>"`.
 """
 
@@ -43,6 +49,7 @@ from facility_operator.backends.base import (
     group_of,
     is_worker_of,
 )
+from facility_operator.batch_users import batch_user
 
 CLUSTER_ATTRIBUTE = "FacilityCluster"
 WORKER_ATTRIBUTE = "FacilityWorker"
@@ -61,6 +68,10 @@ IDLE, RUNNING_CODE, REMOVED, COMPLETED, HELD_CODE, TRANSFERRING = 1, 2, 3, 4, 5,
 # The bindings read their configuration (the token of a submit) from process-wide parameters:
 # one call to the schedd at a time, so that none authenticates with another's token.
 SCHEDD_LOCK = threading.Lock()
+
+
+class NoUserToken(RuntimeError):
+    """The owner shared no token, and the submit must carry theirs (credential: user)."""
 
 
 def new_syntax_arguments(argv: list[str]) -> str:
@@ -154,6 +165,9 @@ class HTCondorBackend(Backend):
             description["environment"] = quote_environment(environment)
         if self.config.get("walltime"):
             description["+MaxRuntime"] = str(int(self.config["walltime"]))
+        if self.config.get("accounting_group"):
+            description["accounting_group"] = str(self.config["accounting_group"])
+            description["accounting_group_user"] = batch_user(cluster.owner, self.config)
         extra = self.config.get("extra_directives", {})
         description.update({str(key): str(value) for key, value in extra.items()})
         return description
@@ -172,6 +186,12 @@ class HTCondorBackend(Backend):
     def start(self, cluster: ClusterWorkers, group: WorkerGroup, names: list[str]) -> None:
         import htcondor2
 
+        if self.config.get("credential", "user") == "user" and not cluster.token:
+            raise NoUserToken(
+                f"{cluster.owner} has shared no token: HTCondor jobs are submitted with the "
+                "owner's own token (FacilityCluster shares $BEARER_TOKEN_FILE; log in again "
+                "through the hub), or the site sets operator.backends.htcondor.credential: site"
+            )
         inputs = self.write_job_files(cluster)
         spool = bool(self.config.get("schedd"))
         with SCHEDD_LOCK:
