@@ -34,6 +34,7 @@ SECRET_VALUES = {
     "edge.tls.secretName": "the edge's TLS certificate",
     "xcache.tls.secretName": "XCache's TLS certificate",
     "operator.backends.htcondor.tokenSecret": "the HTCondor tokens",
+    "operator.backends.slurm.jwtKeySecret": "the SLURM JWT key",
 }
 # Values that must never be set in a values file kept in git.
 PLAINTEXT_VALUES = {"auth.clientSecret": "auth.existingSecret", "hub.db.url": "hub.existingSecret"}

@@ -141,3 +141,20 @@ def test_slurm_without_its_rest_api_is_refused_with_the_fix(
     done = helm("template", "af", str(CHART), "-f", str(values), check=False)
     assert done.returncode != 0
     assert fix in done.stderr
+
+
+def test_cilogon_may_strip_the_domain_of_one_identity_provider_only(tmp_path: Path) -> None:
+    """The site's CILogon values (which strip unl.edu's domain) with one more such provider:
+    refused at render, naming both; with the other provider prefixing instead, accepted."""
+    site = CHART.parent.parent / "tests/chart/values/cilogon.yaml"
+    strip = {"username_derivation": {"username_claim": "email", "action": "strip_idp_domain"}}
+    prefix = {"username_derivation": {"username_claim": "email", "action": "prefix",
+                                      "prefix": "cern"}}  # fmt: skip
+    values = tmp_path / "values.yaml"
+    for rule, refused in ((strip, True), (prefix, False)):
+        more = {"auth": {"cilogon": {"allowedIdps": {"https://idp.cern.ch": rule}}}}
+        values.write_text(yaml.safe_dump(more))
+        done = helm("template", "af", str(CHART), "-f", str(site), "-f", str(values), check=False)
+        assert (done.returncode != 0) is refused, done.stderr
+        if refused:
+            assert "https://idp.cern.ch, urn:mace:incommon:unl.edu all strip" in done.stderr

@@ -135,6 +135,7 @@ def test_oidc_endpoints_from_discovery(issuer: str) -> None:
     assert auth.userdata_url == f"{issuer}/me"
     assert auth.auth_state_groups_key == "oauth_user.wlcg.groups"
     assert auth.allow_all  # no allowed groups or users: anyone the issuer vouches for
+    assert auth.username_claim == "sub"  # unique and stable, unlike preferred_username
 
 
 def test_oidc_unreachable_issuer_is_named() -> None:
