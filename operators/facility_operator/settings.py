@@ -138,7 +138,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Settings in the operator's pod: FACILITY_VALUES_DIR (the hub-values Secret, mounted),
+        """Settings in the operator's pod: FACILITY_VALUES_DIR (its values ConfigMap, mounted),
         FACILITY_FULLNAME and FACILITY_NAMESPACE (set by the chart's Deployment); for tests,
         FACILITY_HUB_API_URL and FACILITY_SCHEDULER_URL (a template, see scheduler_url)."""
         directory = Path(os.environ.get("FACILITY_VALUES_DIR", VALUES_DIR))

@@ -216,3 +216,38 @@ def test_the_operator_alone_mounts_the_slurm_jwt_key() -> None:
     assert {"name": "slurm-jwt", "mountPath": "/etc/facility/slurm-jwt", "readOnly": True} in (
         container["volumeMounts"]
     )
+
+
+def test_the_operator_reads_its_values_without_the_hubs_secrets() -> None:
+    """The operator's ConfigMap holds what its Settings read, the same Settings as the values
+    whole give, and none of the hub's login secrets; its pod mounts no hub-values Secret."""
+    from facility_operator.settings import Settings
+
+    objs = rendered(VALUES_DIR / "everything.yaml")
+    (config,) = [
+        o
+        for o in objs
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-operator-values")
+    ]
+    values = yaml.safe_load(config["data"]["values.yaml"])
+    assert set(values) <= {"operator", "edge", "xcache", "imageRegistry", "imagePullSecrets"}
+    assert "clientSecret" not in config["data"]["values.yaml"]
+    whole = yaml.safe_load((VALUES_DIR / "everything.yaml").read_text())
+    (hub_values,) = [
+        o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-hub-values")
+    ]
+    full = yaml.safe_load(base64.b64decode(hub_values["data"]["values.yaml"]))
+    assert whole["auth"]  # the site's values do hold login settings
+    release = yaml.safe_load(config["data"]["release.yaml"])
+    assert Settings.from_values(values, "analysis", "facility", release_name=release["name"]) == (
+        Settings.from_values(full, "analysis", "facility", release_name=release["name"])
+    )
+    (deployment,) = [
+        o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-operator")
+    ]
+    secrets = [
+        v["secret"]["secretName"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    ]
+    assert not [name for name in secrets if name.endswith("-hub-values")], secrets
