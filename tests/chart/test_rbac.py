@@ -1,0 +1,135 @@
+"""What each ServiceAccount of the chart may do, as the real API server answers
+`kubectl auth can-i --list` for it: compared with the table below, which is the trust model's
+(README, "Who holds what"). A right that the chart grows fails here until the table says so.
+
+The chart's RBAC objects alone are applied (no pod needs to run): the API server's answer
+depends on nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.chart.render import VALUES_DIR, objects, render
+from tests.conftest import kubectl
+
+pytestmark = pytest.mark.cluster
+
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+TRAEFIK = [
+    "ingressroutes", "ingressroutetcps", "ingressrouteudps", "middlewares", "middlewaretcps",
+    "serverstransports", "serverstransporttcps", "tlsoptions", "tlsstores", "traefikservices",
+]  # fmt: skip
+READ = "get list watch"
+# {component: {resource[/subresource][.group]: verbs}} in the release's namespace (and nodes,
+# cluster-wide, for the edge); "name=" marks a right limited to one object of that name.
+RIGHTS = {
+    "hub": {
+        "pods": "create delete get list watch",
+        "persistentvolumeclaims": "create delete get list watch",
+        "services": "create delete get list watch",
+        "secrets": "create delete get list watch",
+        "events": READ,
+        "deployments.apps name=<fullname>-hub": "get",
+    },
+    "edge": {
+        "services": READ,
+        "secrets": READ,
+        "configmaps": READ,
+        "endpointslices.discovery.k8s.io": "list watch",
+        "nodes": READ,
+        **{f"{kind}.traefik.io": READ for kind in TRAEFIK},
+    },
+    "operator": {
+        "daskclusters.facility.hep.io": "create delete get list patch update watch",
+        "daskclusters.facility.hep.io/status": "get patch update",
+        "daskclusters.facility.hep.io/finalizers": "update",
+        "pods": "create delete get list watch",
+        "pods/log": "get",
+        "services": "create get list watch",
+        "secrets": "create get list update watch",
+        "ingressroutetcps.traefik.io": "create get list watch",
+        "networkpolicies.networking.k8s.io": "create",
+        "events": "create patch",
+        "events.events.k8s.io": "create patch",
+    },
+}
+# What every authenticated identity may do (self reviews): not the chart's.
+EVERYONE = {
+    "selfsubjectreviews.authentication.k8s.io", "selfsubjectaccessreviews.authorization.k8s.io",
+    "selfsubjectrulesreviews.authorization.k8s.io",
+}  # fmt: skip
+ROW = re.compile(r"^(\S+)\s+\[([^\]]*)\]\s+\[([^\]]*)\]\s+\[([^\]]*)\]\s*$")
+
+
+def rights(namespace: str, account: str) -> dict[str, str]:
+    """`kubectl auth can-i --list` for the ServiceAccount, as {resource [name=...]: verbs}."""
+    out = kubectl(
+        "auth", "can-i", "--list", "-n", namespace,
+        f"--as=system:serviceaccount:{namespace}:{account}",
+    ).stdout  # fmt: skip
+    found: dict[str, set[str]] = {}
+    for line in out.splitlines()[1:]:
+        row = ROW.match(line)
+        if not row or row.group(1) in EVERYONE:
+            continue  # a non-resource URL (discovery, health), or a self review
+        resource, names, verbs = row.group(1), row.group(3).split(), row.group(4).split()
+        key = resource + "".join(f" name={name}" for name in names)
+        found.setdefault(key, set()).update(verbs)
+    return {key: " ".join(sorted(verbs)) for key, verbs in found.items()}
+
+
+@pytest.fixture
+def accounts(cluster: Path, namespace: str) -> Iterator[dict[str, str]]:
+    """The chart's RBAC objects applied in the namespace: {component: ServiceAccount}."""
+    rendered = objects(render(VALUES_DIR / "everything.yaml", namespace))
+    rbac = [o for o in rendered if o["kind"] in RBAC_KINDS]
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(rbac))
+    yield {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]: o["metadata"]["name"]
+        for o in rbac
+        if o["kind"] == "ServiceAccount"
+    }
+    cluster_wide = [o for o in rbac if o["kind"].startswith("Cluster")]
+    kubectl("delete", "--ignore-not-found", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": cluster_wide}))  # fmt: skip
+
+
+def test_every_service_account_may_do_what_the_table_says_and_no_more(
+    accounts: dict[str, str], namespace: str
+) -> None:
+    assert set(accounts) == set(RIGHTS), accounts  # no other component has an identity
+    for component, account in accounts.items():
+        expected = {
+            key.replace("<fullname>", account.removesuffix(f"-{component}")): verbs
+            for key, verbs in RIGHTS[component].items()
+        }
+        assert rights(namespace, account) == expected, component
+
+
+def test_only_the_trusted_controllers_make_pods(accounts: dict[str, str], namespace: str) -> None:
+    """The hub (users' servers) and the operator (schedulers, workers) alone create pods; the
+    internet-facing edge can change nothing."""
+    makers = {c for c, a in accounts.items() if "create" in rights(namespace, a).get("pods", "")}
+    assert makers == {"hub", "operator"}
+    edge = rights(namespace, accounts["edge"])
+    assert not [key for key, verbs in edge.items() if set(verbs.split()) - set(READ.split())]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12: Traefik's CRD provider watches the Secrets of the namespace it serves, "
+    "and KubeSpawner's Role reads them too; the fix moves the routes (and their Secrets) to a "
+    "namespace of their own",
+)
+def test_no_component_but_the_operator_reads_secrets_it_does_not_own(
+    accounts: dict[str, str], namespace: str
+) -> None:
+    readers = {c for c, a in accounts.items() if "get" in rights(namespace, a).get("secrets", "")}
+    assert readers == {"operator"}
