@@ -500,6 +500,36 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
             verify=False, timeout=30, allow_redirects=False,
         )  # fmt: skip
         assert stranger.status_code == 403, stranger.text[:300]
+
+        # bob, with a valid token of his own (the hub's user role gives it the dask service):
+        # every request about alice's cluster answers as if it did not exist.
+        def as_bob(method: str, path: str) -> requests.Response:
+            return requests.request(
+                method, f"{facility.url}/services/dask{path}", verify=False, timeout=30,
+                headers={"Authorization": f"token {bob.json()['token']}"}, json={"minWorkers": 9},
+            )  # fmt: skip
+
+        assert as_bob("GET", "/clusters").json() == []
+        for method, path in (("GET", f"/clusters/{cluster_id}"),
+                             ("GET", f"/clusters/{cluster_id}/credentials"),
+                             ("GET", f"/clusters/{cluster_id}/workers"),
+                             ("PATCH", f"/clusters/{cluster_id}"),
+                             ("DELETE", f"/clusters/{cluster_id}")):  # fmt: skip
+            answer = as_bob(method, path)
+            assert (answer.status_code, answer.json()["error"]) == (
+                404,
+                f"no cluster {cluster_id}",
+            ), (method, path)
+        # From inside alice's scheduler (it runs her code): no way to the Kubernetes API, the
+        # hub's API, or another component; DNS still answers.
+        escape = json.loads(subprocess.run(
+            [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec",
+             "-n", NAMESPACE, scheduler, "--", "python", "-c", REACH,
+             json.dumps([["kubernetes.default.svc", 443], [pod_ip(facility, "hub"), 8081],
+                         [pod_ip(facility, "proxy"), 8001]])],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout)  # fmt: skip
+        assert not any(escape.values()), escape
     finally:
         notebook.stdin.write("\n")
         notebook.stdin.close()
