@@ -308,7 +308,7 @@ class WorkerController:
 
     async def _jobs(self, body: Mapping[str, Any]) -> list[Job]:
         return await asyncio.to_thread(
-            self.backend(body["spec"]["backend"]).jobs, res.cluster_key(body)
+            self.backend(body["spec"]["backend"]).jobs, res.cluster_key(body), body["spec"]["owner"]
         )
 
     async def room(self, body: Mapping[str, Any], own: Usage) -> Room:

@@ -396,3 +396,12 @@ def test_only_jobs_named_as_the_operator_names_them_are_a_clusters_workers() -> 
     backend = SLURMBackend({})
     backend._records = lambda: [record]  # type: ignore[method-assign]
     assert backend.jobs(f"users/{CLUSTER_ID}") == []
+    # Named right, but submitted by another batch user: not alice's worker either.
+    mine = record | {"name": f"{CLUSTER_ID}-default-0", "user_name": "alice"}
+    theirs = mine | {"job_id": 10, "user_name": "bob"}
+    backend._records = lambda: [mine, theirs]  # type: ignore[method-assign]
+    assert [job.id for job in backend.jobs(f"users/{CLUSTER_ID}", "alice")] == ["9"]
+    assert len(backend.jobs(f"users/{CLUSTER_ID}")) == 2  # the sweep's view: every job
+    table = SLURMBackend({"batch_users": {"rule": "table", "table": {}}})
+    table._records = lambda: [mine]  # type: ignore[method-assign]
+    assert table.jobs(f"users/{CLUSTER_ID}", "alice") == []  # no batch user: no job of hers

@@ -137,7 +137,7 @@ class StandInBackend:
         self.started: list[str] = []
         self.removed: list[str] = []
 
-    def jobs(self, key: str) -> list[Job]:
+    def jobs(self, key: str, owner: str = "") -> list[Job]:
         return [j for j in self.listed if j.id not in self.removed]
 
     def start(self, cluster: object, group: WorkerGroup, names: list[str]) -> None:

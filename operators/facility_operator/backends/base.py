@@ -187,8 +187,10 @@ class Backend(ABC):
         where the backend can tell)."""
 
     @abstractmethod
-    def jobs(self, cluster_key: str) -> list[Job]:
-        """Every worker of one cluster that the backend still holds, ended ones included."""
+    def jobs(self, cluster_key: str, owner: str = "") -> list[Job]:
+        """Every worker of one cluster that the backend still holds, ended ones included.
+        owner: the cluster's JupyterHub user, where the backend can tell whose a job is (a job
+        that another batch user submitted under the cluster's key is not its worker)."""
 
     @abstractmethod
     def remove(self, cluster_key: str, jobs: list[Job]) -> None:

@@ -245,7 +245,7 @@ class HTCondorBackend(Backend):
             return Job(**job, state=EVICTED, reason=last)
         return Job(**job, state=PENDING)
 
-    def jobs(self, cluster_key: str) -> list[Job]:
+    def jobs(self, cluster_key: str, owner: str = "") -> list[Job]:
         with SCHEDD_LOCK:
             ads = self._schedd().query(
                 constraint=self._constraint(cluster_key), projection=PROJECTION

@@ -225,7 +225,7 @@ class KubernetesBackend(Backend):
         # A pod being deleted is on its way out: it is no longer one of the cluster's workers.
         return [pod for pod in pods.items if pod.metadata.deletion_timestamp is None]
 
-    def jobs(self, cluster_key: str) -> list[Job]:
+    def jobs(self, cluster_key: str, owner: str = "") -> list[Job]:
         return [pod_job(pod) for pod in self._pods(cluster_key)]
 
     def remove(self, cluster_key: str, jobs: list[Job]) -> None:

@@ -48,7 +48,7 @@ from facility_operator.backends.base import (
     group_of,
     is_worker_of,
 )
-from facility_operator.batch_users import batch_user
+from facility_operator.batch_users import NoBatchUser, batch_user
 
 COMMENT_PREFIX = "facility:"
 # Set by the job script; the worker command refers to the TLS files through it.
@@ -239,10 +239,19 @@ class SLURMBackend(Backend):
             account=str(record.get("user_name", "")),
         )
 
-    def jobs(self, cluster_key: str) -> list[Job]:
+    def jobs(self, cluster_key: str, owner: str = "") -> list[Job]:
         comment = COMMENT_PREFIX + cluster_key
         cluster_id = cluster_key.split("/", 1)[1]
-        found = (self._job(r, cluster_id) for r in self._records() if r.get("comment") == comment)
+        # SLURM says whose a job is; any batch user may write a cluster's comment and names.
+        try:
+            user = batch_user(owner, self.config) if owner else None
+        except NoBatchUser:
+            return []  # nobody's jobs are theirs; starting one says why
+        found = (
+            self._job(r, cluster_id)
+            for r in self._records()
+            if r.get("comment") == comment and user in (None, r.get("user_name"))
+        )
         return [job for job in found if job is not None and is_worker_of(job.name, cluster_id)]
 
     def remove(self, cluster_key: str, jobs: list[Job]) -> None:
