@@ -35,6 +35,7 @@ from facility_client.contract import (
     USER_TOKEN_DIR,
     USER_TOKEN_KEY,
     VERSION,
+    WORKER,
 )
 
 from facility_operator.certs import ClusterIdentity, KeyPair
@@ -350,6 +351,25 @@ def dashboard_policy(
                     "from": [{"podSelector": {"matchLabels": server}}],
                     "ports": [{"port": DASHBOARD_PORT}],
                 }
+            ],
+        },
+    }
+
+
+def workers_policy(settings: Settings, body: Body) -> dict[str, Any]:
+    """Who may reach the cluster's worker pods (Kubernetes backend): its own scheduler and its
+    own workers, nothing else. The chart's worker policy admits nothing and opens the egress."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(settings, body, f"{cluster_id(body)}-workers", WORKER),
+        "spec": {
+            "podSelector": {
+                "matchLabels": {LABEL_CLUSTER: cluster_id(body), LABEL_COMPONENT: WORKER}
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {LABEL_CLUSTER: cluster_id(body)}}}]}
             ],
         },
     }

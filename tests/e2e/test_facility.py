@@ -423,8 +423,8 @@ with FacilityCluster(edge_host="{FULLNAME}-edge.{NAMESPACE}.svc", timeout=300) a
 def dask_objects(facility: Facility, cluster_id: str) -> list[str]:
     """Everything of one Dask cluster left in the namespace (its label), and the cluster."""
     names = facility.kubectl(
-        "get", "daskclusters,pods,services,secrets,ingressroutetcps", "-n", NAMESPACE,
-        "-l", f"facility.hep.io/cluster={cluster_id}", "-o", "name",
+        "get", "daskclusters,pods,services,secrets,ingressroutetcps,networkpolicies",
+        "-n", NAMESPACE, "-l", f"facility.hep.io/cluster={cluster_id}", "-o", "name",
     ).split()  # fmt: skip
     gone = facility.kubectl(
         "get", "daskcluster", cluster_id, "-n", NAMESPACE, "--ignore-not-found", "-o", "name"

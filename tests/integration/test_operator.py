@@ -162,6 +162,7 @@ OBJECTS = {
     "pod": f"{CLUSTER}-scheduler",
     "service": f"{CLUSTER}-scheduler",
     "ingressroutetcp": CLUSTER,
+    "networkpolicy": f"{CLUSTER}-workers",
 }
 
 
@@ -186,7 +187,7 @@ def test_cluster_becomes_its_objects_with_owners_labels_and_status(
     operator: Operator, namespace: str, api: client.ApiClient
 ) -> None:
     dask_cluster(namespace)
-    objs = wait_for(all_objects(namespace), "the cluster's four objects")
+    objs = wait_for(all_objects(namespace), "the cluster's five objects")
     owner = get(namespace, DASK_CLUSTERS, CLUSTER)
     assert owner is not None
     for kind, obj in objs.items():  # type: ignore[union-attr]
@@ -294,7 +295,7 @@ def test_killed_operator_restarts_without_duplicates_and_keeps_the_ca(
     tls_before = secret_text(api, namespace, f"{CLUSTER}-tls")
 
     operator.start()
-    wait_for(all_objects(namespace), "the cluster's four objects after the restart")
+    wait_for(all_objects(namespace), "the cluster's five objects after the restart")
     for kind in OBJECTS:
         assert names(namespace, kind) == [OBJECTS[kind]], kind
     # Nothing made before the kill was replaced: the cluster keeps its identity, the
@@ -331,7 +332,7 @@ def cluster_status(namespace: str) -> dict[str, Any]:
 
 def test_the_operator_makes_and_removes_the_worker_pods(operator: Operator, namespace: str) -> None:
     dask_cluster(namespace, minWorkers=0, maxWorkers=0)
-    wait_for(all_objects(namespace), "the cluster's four objects")
+    wait_for(all_objects(namespace), "the cluster's five objects")
     owner = get(namespace, DASK_CLUSTERS, CLUSTER)
     assert owner is not None
     scale(namespace, 3)
@@ -378,7 +379,7 @@ def test_operator_killed_in_a_scale_up_applies_it_after_restart(
     operator comes back: the restart resumes from the spec, not from events it missed, and makes
     no second scheduler and no duplicate worker."""
     dask_cluster(namespace, minWorkers=1, maxWorkers=1)
-    wait_for(all_objects(namespace), "the cluster's four objects")
+    wait_for(all_objects(namespace), "the cluster's five objects")
     wait_for(lambda: len(worker_pods(namespace)) == 1, "1 worker pod")
     scheduler_uid = get(namespace, "pod", f"{CLUSTER}-scheduler")["metadata"]["uid"]  # type: ignore[index]
     operator.kill()
@@ -395,7 +396,7 @@ def test_delete_removes_worker_pods_then_everything_goes(
     operator: Operator, namespace: str
 ) -> None:
     dask_cluster(namespace, minWorkers=1, maxWorkers=1)
-    wait_for(all_objects(namespace), "the cluster's four objects")
+    wait_for(all_objects(namespace), "the cluster's five objects")
     wait_for(lambda: len(worker_pods(namespace)) == 1, "the worker pod")
     cluster = get(namespace, DASK_CLUSTERS, CLUSTER)
     assert cluster is not None
@@ -427,7 +428,7 @@ def test_sweep_removes_worker_pods_of_gone_clusters(operator: Operator, namespac
 
 def test_scheduler_that_ended_ends_its_cluster(operator: Operator, namespace: str) -> None:
     dask_cluster(namespace)
-    wait_for(all_objects(namespace), "the cluster's four objects")
+    wait_for(all_objects(namespace), "the cluster's five objects")
     # Dask's idle timeout closes the scheduler and the pod succeeds (kwok keeps a patched
     # status: it runs no container).
     kubectl(
@@ -523,7 +524,7 @@ def operator_with_role(crds: None, namespace: str, tmp_path: Path) -> Iterator[O
 def test_the_charts_role_is_enough(operator_with_role: Operator, namespace: str) -> None:
     """The CA, a cluster's objects, its status, its deletion through the finalizer."""
     dask_cluster(namespace)
-    wait_for(all_objects(namespace), "the cluster's four objects")
+    wait_for(all_objects(namespace), "the cluster's five objects")
     wait_for(
         lambda: (
             (get(namespace, DASK_CLUSTERS, CLUSTER) or {}).get("status", {}).get("phase")

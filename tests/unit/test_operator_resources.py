@@ -336,3 +336,14 @@ def test_notebooks_may_proxy_the_schedulers_of_their_namespace_only(
         assert not allowed_host(None, host), host
     monkeypatch.delenv("FACILITY_NAMESPACE")
     assert not allowed_host(None, "alice-x7k2p-scheduler.facility")
+
+
+def test_a_clusters_workers_admit_their_own_cluster_alone() -> None:
+    policy = res.workers_policy(settings(), cluster())
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "facility.hep.io/cluster": "alice-x1y2z", "app.kubernetes.io/component": "dask-worker",
+    }  # fmt: skip
+    (rule,) = policy["spec"]["ingress"]
+    own_cluster = {"podSelector": {"matchLabels": {"facility.hep.io/cluster": "alice-x1y2z"}}}
+    assert rule == {"from": [own_cluster]}
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "DaskCluster"
