@@ -311,7 +311,11 @@ def node_python() -> str:
     pip = [str(building / "bin/python"), "-m", "pip", "install", "--quiet"]
     constraints = REPO / "images/requirements/science.txt"
     subprocess.run([*pip, "-c", str(constraints), *NODE_PACKAGES], check=True, timeout=900)
-    subprocess.run([*pip, "--no-deps", str(REPO / "client")], check=True, timeout=300)
+    # Built from a copy: pip's in-tree build would leave client/build/ in the repository.
+    with tempfile.TemporaryDirectory() as copy:
+        source = shutil.copytree(REPO / "client", Path(copy) / "client",
+                                 ignore=shutil.ignore_patterns("build", "*.egg-info"))  # fmt: skip
+        subprocess.run([*pip, "--no-deps", str(source)], check=True, timeout=300)
     building.rename(root)
     return str(python)
 

@@ -1,1 +1,0 @@
-"""The analysis facility's client library, installed in the analysis and worker images."""
