@@ -17,6 +17,7 @@ from aiohttp import web
 
 from facility_operator import reconcile
 from facility_operator import resources as res
+from facility_operator.edge_routes import EdgeRoutes
 from facility_operator.kube import Kube
 from facility_operator.settings import Settings
 from facility_operator.workers import WorkerController
@@ -62,7 +63,18 @@ async def _sweep_forever(memo: kopf.Memo) -> None:
         except Exception:
             # An API server hiccup must not end the sweeping for the operator's lifetime.
             log.exception("sweep failed; next try in %s s", settings.sweep_interval)
+        try:
+            memo.routes.replace(await asyncio.to_thread(memo.kube.clusters, settings.namespace))
+        except Exception:
+            log.exception("the edge's routes could not be listed; next try with the next sweep")
         await asyncio.sleep(settings.sweep_interval)
+
+
+async def _serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, port=port).start()
+    return runner
 
 
 @kopf.on.startup()
@@ -72,13 +84,16 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, *
     await asyncio.to_thread(reconcile.ensure_ca, memo.kube, memo.settings)
     memo.backends_seen = set()
     memo.workers = WorkerController(memo.kube, memo.settings, memo.kube.api)
+    # The edge's routes from a listing before they are served: an edge that polls a
+    # restarted operator never sees an empty table while clusters run.
+    memo.routes = EdgeRoutes(memo.settings)
+    memo.routes.replace(await asyncio.to_thread(memo.kube.clusters, memo.settings.namespace))
+    memo.runners = [await _serve(memo.routes.app(), memo.settings.edge_routes_port)]
+    logger.info(f"the edge's routes are served on port {memo.settings.edge_routes_port}")
     memo.sweeper = asyncio.create_task(_sweep_forever(memo))
-    memo.api_runner = None
     app = _api_app(memo.settings, memo.workers)
     if app is not None:
-        memo.api_runner = web.AppRunner(app)
-        await memo.api_runner.setup()
-        await web.TCPSite(memo.api_runner, port=memo.settings.api_port).start()
+        memo.runners.append(await _serve(app, memo.settings.api_port))
         logger.info(f"the users' API listens on port {memo.settings.api_port}")
 
 
@@ -87,9 +102,15 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     memo.sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await memo.sweeper
-    if memo.api_runner is not None:
-        await memo.api_runner.cleanup()
+    for runner in memo.runners:
+        await runner.cleanup()
     await memo.workers.close()
+
+
+@kopf.on.event(*DASK_CLUSTERS)
+async def route_cluster(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The edge's route of the cluster: there from its first sight until it is deleted."""
+    memo.routes.observe(body, deleted=event["type"] == "DELETED")
 
 
 @kopf.on.resume(*DASK_CLUSTERS)

@@ -13,8 +13,6 @@ from facility_operator import kube_config
 from facility_operator.names import user_slug
 from facility_operator.resources import GROUP, LABEL_OWNER, PLURAL, VERSION
 
-TRAEFIK_GROUP, TRAEFIK_VERSION, ROUTES = "traefik.io", "v1alpha1", "ingressroutetcps"
-
 
 def _missing(error: ApiException) -> bool:
     return error.status == 404
@@ -45,12 +43,7 @@ class Kube:
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }
         try:
-            if obj["kind"] == "IngressRouteTCP":
-                self.custom.create_namespaced_custom_object(
-                    TRAEFIK_GROUP, TRAEFIK_VERSION, namespace, ROUTES, obj
-                )
-            else:
-                creators[obj["kind"]](namespace, obj)
+            creators[obj["kind"]](namespace, obj)
         except ApiException as error:
             if error.status == 409:
                 return False

@@ -42,7 +42,6 @@ def ensure_objects(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> N
         identity = new_cluster_identity(ca, res.cluster_id(body), sni)
         kube.create(res.tls_secret(settings, body, identity))
     kube.create(res.scheduler_service(settings, body))
-    kube.create(res.ingress_route(settings, body))
     kube.create(res.workers_policy(settings, body))
     server = res.owner_server(body)
     owner_pod = kube.pod(namespace, server) if server else None

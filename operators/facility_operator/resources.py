@@ -21,7 +21,6 @@ from facility_client.contract import (
     KIND,
     LABEL_CLUSTER,
     LABEL_COMPONENT,
-    LABEL_EDGE,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_OWNER,
@@ -96,7 +95,7 @@ def dashboard_link(body: Body) -> str:
 
 def labels(settings: Settings, body: Body, component: str | None = None) -> dict[str, str]:
     """The contract's labels of one of the cluster's objects; the release's instance label
-    too, which the chart's NetworkPolicies and the edge's route selector match."""
+    too, which the chart's NetworkPolicies match."""
     owner = body["metadata"].get("labels", {}).get(LABEL_OWNER) or user_slug(body["spec"]["owner"])
     out = {
         LABEL_CLUSTER: cluster_id(body),
@@ -296,27 +295,6 @@ def scheduler_service(settings: Settings, body: Body) -> dict[str, Any]:
                 {"name": "tls", "port": SCHEDULER_PORT, "targetPort": "tls"},
                 {"name": "dashboard", "port": DASHBOARD_PORT, "targetPort": "dashboard"},
             ],
-        },
-    }
-
-
-def ingress_route(settings: Settings, body: Body) -> dict[str, Any]:
-    """The edge's SNI route: TLS passes through untouched, the scheduler terminates it."""
-    metadata = _metadata(settings, body, cluster_id(body))
-    metadata["labels"][LABEL_EDGE] = settings.fullname
-    return {
-        "apiVersion": "traefik.io/v1alpha1",
-        "kind": "IngressRouteTCP",
-        "metadata": metadata,
-        "spec": {
-            "entryPoints": [EDGE_ENTRYPOINT],
-            "routes": [
-                {
-                    "match": f"HostSNI(`{sni_host(settings, cluster_id(body))}`)",
-                    "services": [{"name": scheduler_name(body), "port": SCHEDULER_PORT}],
-                }
-            ],
-            "tls": {"passthrough": True},
         },
     }
 

@@ -23,6 +23,7 @@ The planning (`plan`) is a pure function; `WorkerController.tick` does the I/O.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -487,6 +488,12 @@ class WorkerController:
         )
         token = (token_secret or {}).get(contract.USER_TOKEN_KEY, "")
         cluster = self.cluster_workers(body, tls, token)
+        credential = backend.credential_secret(cluster.owner)
+        if credential:
+            found = await asyncio.to_thread(self.kube.secret_data, namespace, credential)
+            cluster = dataclasses.replace(
+                cluster, submit_token=(found or {}).get(contract.USER_TOKEN_KEY, "")
+            )
         for group, count in start.items():
             if cluster.key in self.deleting:
                 return

@@ -1,11 +1,11 @@
 """Dask clusters behind the edge, as the chart and the operator make them, all on loopback.
 
-The real Traefik runs with the chart's own arguments for its public entrypoint (`websecure`, the
-port remapped to a free loopback port). Its Kubernetes provider is replaced by the file provider,
-carrying the routes the operator would create (operators/README.md): per cluster a TCP router
-`HostSNI(`<id>.<domain>`)` with TLS passthrough to the scheduler, plus an HTTPS router for the
-hub. Each cluster is a real `distributed` Scheduler in its own process (as its pod runs it), with
-its own TLS identity (facility_operator.certs) and `scheduler_security`; workers are
+The real Traefik runs with the chart's own arguments and files (the hub's HTTPS route), its
+public entrypoint (`websecure`) on a free loopback port. The operator's Dask routes
+(facility_operator.edge_routes: per cluster a TCP router `HostSNI(`<id>.<domain>`)` with TLS
+passthrough to the scheduler) are written as one more file, with the schedulers' loopback
+addresses. Each cluster is a real `distributed` Scheduler in its own process (as its pod runs
+it), with its own TLS identity (facility_operator.certs) and `scheduler_security`; workers are
 `dask worker` processes, as batch jobs run them.
 
 No wildcard DNS resolves `<id>.<domain>` here, so clients and workers dial the edge's loopback
@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 from distributed import Scheduler, get_worker
 from facility_client.security import ClusterSecurity, client_security, scheduler_security
+from facility_operator import edge_routes
 from facility_operator.certs import ClusterIdentity, KeyPair, new_cluster_identity
 
 from tests.chart.render import VALUES_DIR, objects, render
@@ -46,77 +47,70 @@ from tests.conftest import ROOT, free_port, tool, wait_for
 DOMAIN = "dask.example.org"
 LOOPBACK = "127.0.0.1"
 ENTRYPOINT = "websecure"  # the chart's one public entrypoint
-HUB_RULE = "PathPrefix(`/`)"  # the hub's IngressRoute rule in the chart
 
 
-def chart_edge_args() -> list[str]:
-    """The edge container's arguments, as the chart renders them with its default values."""
+def chart_edge() -> tuple[list[str], dict[str, str]]:
+    """The edge container's arguments and its files (the edge ConfigMap's data), as the chart
+    renders them with its default values."""
+    rendered = objects(render(VALUES_DIR / "defaults.yaml"))
     (edge,) = [
-        o for o in objects(render(VALUES_DIR / "defaults.yaml"))
+        o for o in rendered
         if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-edge")
     ]  # fmt: skip
-    return edge["spec"]["template"]["spec"]["containers"][0]["args"]
+    (files,) = [
+        o for o in rendered
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-edge")
+    ]  # fmt: skip
+    return edge["spec"]["template"]["spec"]["containers"][0]["args"], files["data"]
 
 
-def local_edge_args(chart_args: list[str], port: int, api_port: int, routes: Path) -> list[str]:
+def write_edge_files(folder: Path, files: dict[str, str], hub: str) -> None:
+    """The chart's edge files into `folder`, the hub's route pointing at `hub` (a URL)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        config = yaml.safe_load(text)
+        for service in (config.get("http") or {}).get("services", {}).values():
+            service["loadBalancer"]["servers"] = [{"url": hub}]
+        (folder / name).write_text(yaml.safe_dump(config))
+
+
+def local_edge_args(
+    chart_args: list[str], port: int, api_port: int, files: Path, routes_url: str | None = None
+) -> list[str]:
     """The chart's arguments for a process on loopback: the public entrypoint and Traefik's own
-    (ping, and the API that shows the loaded routers) on free loopback ports, the file provider
-    instead of the Kubernetes one, and without the plain-HTTP redirect, which is not under test.
+    (ping, and the API that shows the loaded routers) on free loopback ports, its files from
+    `files`, the operator's routes from `routes_url` (None: no HTTP provider; the test writes
+    the Dask routes into `files`), and without the plain-HTTP redirect, which is not under test.
     """
     address = {ENTRYPOINT: f"{LOOPBACK}:{port}", "traefik": f"{LOOPBACK}:{api_port}"}
     args = []
     for arg in chart_args:
-        if arg.startswith(("--providers.kubernetesCRD", "--entryPoints.web.")):
-            continue
         option, _, _ = arg.partition("=")
+        if option.startswith("--entryPoints.web.") or (
+            option.startswith("--providers.http.") and routes_url is None
+        ):
+            continue
         entrypoint = option.split(".")[1] if option.startswith("--entryPoints.") else None
         if entrypoint in address and option.endswith(".address"):
             arg = f"{option}={address.pop(entrypoint)}"
+        elif option == "--providers.file.directory":
+            arg = f"{option}={files}"
+        elif option == "--providers.http.endpoint":
+            arg = f"{option}={routes_url}"
         args.append(arg)
     if address:
         raise ValueError(f"the chart's edge has no address for {sorted(address)}: {chart_args}")
-    return [
-        *args,
-        f"--providers.file.filename={routes}",
-        "--api.insecure=true",
-        "--api.dashboard=false",
-    ]
+    return [*args, "--api.insecure=true", "--api.dashboard=false"]
 
 
-def routes_config(schedulers: dict[str, str], hub: str) -> dict[str, Any]:
-    """The file provider's form of the operator's IngressRouteTCPs and the chart's hub route.
+def routes_config(schedulers: dict[str, str]) -> dict[str, Any]:
+    """The operator's Dask routes (facility_operator.edge_routes) for schedulers on loopback.
 
-    schedulers: SNI name -> the scheduler's host:port (its Service); hub: the hub's URL.
+    schedulers: SNI name -> the scheduler's host:port.
     """
-    names = {sni: sni.split(".", 1)[0] for sni in schedulers}
-    return {
-        "tcp": {
-            "routers": {
-                names[sni]: {
-                    "entryPoints": [ENTRYPOINT],
-                    "rule": f"HostSNI(`{sni}`)",
-                    "service": f"{names[sni]}-scheduler",
-                    "tls": {"passthrough": True},
-                }
-                for sni in schedulers
-            },
-            "services": {
-                f"{names[sni]}-scheduler": {"loadBalancer": {"servers": [{"address": address}]}}
-                for sni, address in schedulers.items()
-            },
-        },
-        "http": {
-            "routers": {
-                "hub": {
-                    "entryPoints": [ENTRYPOINT],
-                    "rule": HUB_RULE,
-                    "service": "hub",
-                    "tls": {},
-                }
-            },
-            "services": {"hub": {"loadBalancer": {"servers": [{"url": hub}]}}},
-        },
-    }
+    return edge_routes.traefik_config(
+        {sni.split(".", 1)[0]: (sni, address) for sni, address in schedulers.items()}
+    )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -128,14 +122,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def enabled_routers(api_port: int, kind: str) -> list[dict[str, Any]]:
-    url = f"http://{LOOPBACK}:{api_port}/api/{kind}/routers"
+def traefik_api(api_port: int, path: str) -> list[dict[str, Any]]:
+    """A listing of Traefik's own API (e.g. tcp/routers); empty while it does not answer."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            routers = json.load(response)
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{api_port}/api/{path}", timeout=5) as got:
+            return list(json.load(got))
     except OSError:
         return []
-    return [r for r in routers if r.get("status") == "enabled"]
+
+
+def enabled_routers(api_port: int, kind: str) -> list[dict[str, Any]]:
+    return [r for r in traefik_api(api_port, f"{kind}/routers") if r.get("status") == "enabled"]
 
 
 @dataclass(frozen=True)
@@ -154,13 +151,15 @@ class Edge:
 @contextlib.contextmanager
 def running_edge(workdir: Path, port: int, schedulers: dict[str, str], hub: str) -> Iterator[Edge]:
     """Traefik with the chart's entrypoint and these routes, once it has loaded all of them."""
-    routes = workdir / "routes.yaml"
-    routes.write_text(yaml.safe_dump(routes_config(schedulers, hub)))
+    args, files = chart_edge()
+    folder = workdir / "edge"
+    write_edge_files(folder, files, hub)
+    (folder / "dask.yaml").write_text(yaml.safe_dump(routes_config(schedulers)))
     api_port = free_port()
     log = workdir / "traefik.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [tool("traefik"), *local_edge_args(chart_edge_args(), port, api_port, routes)],
+            [tool("traefik"), *local_edge_args(args, port, api_port, folder)],
             stdout=out,
             stderr=out,
         )

@@ -6,9 +6,9 @@ it needs around it to drive real Dask workers on loopback.
   pods Running but runs no container, so this runs each one's program itself: it reads the
   pod's environment and the cluster's TLS Secret from the API server, starts
   `python -m facility_client.scheduler` on free loopback ports, adds the cluster's SNI route to
-  the real Traefik's file provider (the operator's IngressRouteTCP, whose Service has no
-  reachable endpoint under kwok), stops the program when the pod is deleted, and marks the pod
-  Succeeded when the program ends by itself (Dask's idle timeout).
+  the real Traefik's file provider (the operator's route leads to the scheduler's Service,
+  which has no reachable endpoint under kwok), stops the program when the pod is deleted, and
+  marks the pod Succeeded when the program ends by itself (Dask's idle timeout).
 - The operator reaches each scheduler's dashboard (Dask's HTTP API) through a loopback
   forwarder, `FACILITY_SCHEDULER_URL=http://127.0.0.1:<port>/{cluster_id}`, since the pod's
   Service address leads nowhere under kwok.
@@ -80,17 +80,17 @@ class Operator:
     ) -> None:
         self.namespace = namespace
         self.log = workdir / "operator.log"
-        api_port, health_port = free_port(), free_port()
+        api_port, health_port, routes_port = free_port(), free_port(), free_port()
         chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
-        merged = merge_values(
-            chart_values, merge_values({"operator": {"apiPort": api_port}}, values)
-        )
+        ports = {"operator": {"apiPort": api_port, "edgeRoutesPort": routes_port}}
+        merged = merge_values(chart_values, merge_values(ports, values))
         config_dir = workdir / "values"
         config_dir.mkdir(parents=True, exist_ok=True)
         (config_dir / "values.yaml").write_text(yaml.safe_dump(merged))
         (config_dir / "release.yaml").write_text(yaml.safe_dump({"name": fullname}))
         self.health = f"http://127.0.0.1:{health_port}/healthz"
         self.api_url = f"http://127.0.0.1:{api_port}"
+        self.routes_url = f"http://127.0.0.1:{routes_port}/routes"  # the edge's HTTP provider
         self.env = {
             **os.environ,
             **(env or {}),
@@ -163,10 +163,7 @@ class SchedulerPods:
             f"{cid}.{dask_edge.DOMAIN}": f"{LOOPBACK}:{run.port}"
             for cid, run in self.running.items()
         }
-        config = dask_edge.routes_config(schedulers, "http://127.0.0.1:9")
-        del config["http"]  # the hub's route is the edge's own file
-        if not schedulers:
-            config = {}
+        config = dask_edge.routes_config(schedulers)
         # Written beside the folder, then moved in: Traefik never reads half a file.
         temporary = self.routes.parent.with_name(f".{self.routes.name}")
         temporary.write_text(yaml.safe_dump(config))
@@ -300,18 +297,12 @@ class FileEdge:
 def file_edge(workdir: Path) -> Iterator[FileEdge]:
     """Traefik watching the folder `workdir/routes` (written by SchedulerPods)."""
     routes = workdir / "routes"
-    routes.mkdir(parents=True, exist_ok=True)
+    chart_args, files = dask_edge.chart_edge()
     # The chart's hub route (to nowhere: no hub here), so the edge starts as the chart's does.
-    hub = {"http": dask_edge.routes_config({}, "http://127.0.0.1:9")["http"]}
-    (routes / "hub.yaml").write_text(yaml.safe_dump(hub))
+    dask_edge.write_edge_files(routes, files, "http://127.0.0.1:9")
     port, api_port = free_port(), free_port()
     log = workdir / "traefik.log"
-    args = [
-        f"--providers.file.directory={routes}"
-        if arg.startswith("--providers.file.filename=")
-        else arg
-        for arg in dask_edge.local_edge_args(dask_edge.chart_edge_args(), port, api_port, routes)
-    ]
+    args = dask_edge.local_edge_args(chart_args, port, api_port, routes)
     with log.open("wb") as out:
         process = subprocess.Popen([tool("traefik"), *args], stdout=out, stderr=out)
     edge = dask_edge.Edge(process, port, api_port, log)

@@ -1,167 +1,151 @@
 """The edge as the chart configures it: the real Traefik, run with the chart's own arguments and
-the edge ServiceAccount's token against the real API server, loads the hub's HTTPS route and
-TCP SNI routes on the same entrypoint, and only this release's routes.
+files, loads the hub's HTTPS route from its files and the Dask clusters' SNI routes from the
+real operator (Traefik's HTTP provider), on the same entrypoint; it holds no Kubernetes
+credential, and it keeps serving the routes it has while the operator restarts.
 
-Traefik runs as a local process (the local cluster's nodes are simulated, so its pod cannot run);
-no request is sent through a route, since the simulated backends' addresses lead nowhere.
+Traefik and the operator run as local processes against the real API server (the local
+cluster's nodes are simulated, so their pods cannot run); no request is sent through a route,
+since the simulated backends' addresses lead nowhere.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.chart.render import DEV_INSTALL
-from tests.conftest import CHART, CLUSTER_DIR, free_port, helm, http_get, kubectl, tool, wait_for
+from tests.conftest import CHART, free_port, helm, http_get, kubectl, tool, wait_for
+from tests.integration import dask_edge
+from tests.integration.operator_stack import Operator
 
 pytestmark = pytest.mark.cluster
 RELEASE = "af"
 EDGE = f"{RELEASE}-facility-edge"
+DOMAIN = "dask.example.org"
+CLUSTER = "alice-e1dge"
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
+def get_json(kind: str, name: str, namespace: str) -> Any:
+    return json.loads(kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
 
 
-def api_server() -> str:
-    config = kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}")
-    return config.stdout
-
-
-def sni_route(name: str, host: str, labels: dict[str, str]) -> dict[str, Any]:
-    """An IngressRouteTCP of the shape the Dask operator makes for each cluster."""
+def dask_cluster(namespace: str) -> dict[str, Any]:
     return {
-        "apiVersion": "traefik.io/v1alpha1",
-        "kind": "IngressRouteTCP",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "entryPoints": ["websecure"],
-            "routes": [
-                {"match": f"HostSNI(`{host}`)", "services": [{"name": "scheduler", "port": 8786}]}
-            ],
-            "tls": {"passthrough": True},
+        "apiVersion": "facility.hep.io/v1alpha1",
+        "kind": "DaskCluster",
+        "metadata": {
+            "name": CLUSTER, "namespace": namespace,
+            "labels": {"facility.hep.io/cluster": CLUSTER, "facility.hep.io/owner": "alice"},
         },
-    }
+        "spec": {"owner": "alice", "backend": "kubernetes", "minWorkers": 0, "maxWorkers": 0},
+    }  # fmt: skip
 
 
-SCHEDULER = [
-    {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "scheduler"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "scheduler"}},
-            "template": {
-                "metadata": {"labels": {"app": "scheduler"}},
-                "spec": {
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "scheduler", "image": "facility/worker",
-                        "ports": [{"containerPort": 8786}],
-                        "securityContext": {"allowPrivilegeEscalation": False,
-                                            "capabilities": {"drop": ["ALL"]}},
-                    }],
-                },
-            },
-        },
-    },
-    {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "scheduler"},
-        "spec": {"selector": {"app": "scheduler"}, "ports": [{"port": 8786}]},
-    },
-]  # fmt: skip
+@dataclass
+class RunningEdge:
+    namespace: str
+    api_port: int
+    log: Path
+    operator: Operator
+
+    def routers(self, kind: str) -> list[dict[str, Any]]:
+        return dask_edge.enabled_routers(self.api_port, kind)
+
+    def sni_router(self) -> dict[str, Any] | None:
+        return next((r for r in self.routers("tcp") if r["name"] == f"{CLUSTER}@http"), None)
 
 
 @pytest.fixture
-def edge(namespace: str, tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
-    """The chart installed, and Traefik started with its edge Deployment's arguments."""
-    helm("install", RELEASE, str(CHART), "-n", namespace, *DEV_INSTALL, "--wait", timeout=330)
-    deployment = json.loads(
-        kubectl("get", "deployment", EDGE, "-n", namespace, "-o", "json").stdout
+def edge(namespace: str, tmp_path: Path) -> Iterator[RunningEdge]:
+    """The chart installed; the operator as a process; Traefik started with the edge
+    Deployment's arguments and the edge ConfigMap's files, as the API server holds them."""
+    helm("install", RELEASE, str(CHART), "-n", namespace, *DEV_INSTALL,
+         "--set", f"edge.dask.domain={DOMAIN}", "--wait", timeout=330)  # fmt: skip
+    deployment = get_json("deployment", EDGE, namespace)
+    files = get_json("configmap", EDGE, namespace)["data"]
+    operator = Operator(
+        tmp_path / "operator",
+        namespace,
+        {"edge": {"dask": {"domain": DOMAIN}}, "operator": {"backend": "kubernetes"}},
+        fullname=f"{RELEASE}-facility",
     )
-    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    ports = {name: free_port() for name in ("websecure", "web", "traefik")}
-    local = [
-        f"--entryPoints.{arg.split('.')[1]}.address=127.0.0.1:{ports[arg.split('.')[1]]}"
-        if arg.endswith(".address=:8443") or arg.endswith(".address=:8080")
-        or arg.endswith(".address=:9000") else arg
-        for arg in args
-    ]  # fmt: skip
-    token = kubectl("create", "token", EDGE, "-n", namespace).stdout.strip()
+    operator.start()
+    folder = tmp_path / "edge"
+    dask_edge.write_edge_files(folder, files, "http://127.0.0.1:9")
+    port, api_port = free_port(), free_port()
+    args = dask_edge.local_edge_args(
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"],
+        port, api_port, folder, operator.routes_url,
+    )  # fmt: skip
     log = tmp_path / "traefik.log"
-    outside = [
-        # What a pod gets from its ServiceAccount, given by hand to a process outside the cluster.
-        f"--providers.kubernetesCRD.endpoint={api_server()}",
-        f"--providers.kubernetesCRD.token={token}",
-        f"--providers.kubernetesCRD.certAuthFilePath={CLUSTER_DIR / 'pki' / 'ca.crt'}",
-        # Traefik's API on the ping port: how the test reads the routers (no dashboard is built).
-        "--api.insecure=true",
-        "--api.dashboard=false",
-    ]
-    # Without KUBECONFIG in its environment: Traefik would prefer it to the token.
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     with log.open("w") as out:
-        traefik = subprocess.Popen(
-            [tool("traefik"), *local, *outside], stdout=out, stderr=out, env=env
-        )
+        traefik = subprocess.Popen([tool("traefik"), *args], stdout=out, stderr=out)
     try:
-        ping = f"http://127.0.0.1:{ports['traefik']}/ping"
+        ping = f"http://127.0.0.1:{api_port}/ping"
         wait_for(lambda: http_get(ping) == (200, "OK"), "Traefik's /ping", 30)
-        yield namespace, ports["traefik"], log
+        yield RunningEdge(namespace, api_port, log, operator)
     finally:
         traefik.terminate()
         traefik.wait(timeout=30)
+        kubectl("delete", "daskclusters", "--all", "-n", namespace, "--timeout=60s", check=False)
+        operator.stop()
+        print(operator.log.read_text()[-4000:])  # pytest shows it when the test fails
         helm("uninstall", RELEASE, "-n", namespace, check=False)
 
 
-def routers(port: int, kind: str) -> list[dict[str, Any]]:
-    return get_json(f"http://127.0.0.1:{port}/api/{kind}/routers")
+def test_the_edge_holds_no_kubernetes_credential(namespace: str) -> None:
+    """The internet-facing process gets no token: none mounted, and its ServiceAccount's own
+    default says no too (tests/chart/test_rbac.py: it has no right at all)."""
+    helm("install", RELEASE, str(CHART), "-n", namespace, *DEV_INSTALL, timeout=330)
+    try:
+        pod = get_json("deployment", EDGE, namespace)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert get_json("serviceaccount", EDGE, namespace)["automountServiceAccountToken"] is False
+        mounts = [m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])]
+        assert not [m for m in mounts if "serviceaccount" in m], mounts
+    finally:
+        helm("uninstall", RELEASE, "-n", namespace, check=False)
 
 
-def test_hub_https_and_sni_routes_share_the_entrypoint(edge: tuple[str, int, Path]) -> None:
-    namespace, port, log = edge
-
+def test_hub_https_and_sni_routes_share_the_entrypoint(edge: RunningEdge) -> None:
     def hub_router() -> list[dict[str, Any]]:
-        return [r for r in routers(port, "http") if r.get("provider") == "kubernetescrd"]
+        return [r for r in edge.routers("http") if r.get("provider") == "file"]
 
-    (hub,) = wait_for(hub_router, f"the hub's HTTPS router (Traefik's log: {log})", 30)
+    (hub,) = wait_for(hub_router, f"the hub's HTTPS router (Traefik's log: {edge.log})", 30)
     assert hub["entryPoints"] == ["websecure"]
     assert hub["rule"] == "PathPrefix(`/`)"
-    assert hub["status"] == "enabled"
     assert "tls" in hub
 
-    kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=json.dumps({"items": SCHEDULER, "apiVersion": "v1", "kind": "List"}),
-    )
-    ours = sni_route("dask-c1", "c1.dask.example.org", {"app.kubernetes.io/instance": RELEASE})
-    theirs = sni_route("dask-other", "c2.dask.example.org", {"app.kubernetes.io/instance": "other"})
-    for route in (ours, theirs):
-        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(route))
-
-    def sni_routers() -> list[dict[str, Any]]:
-        return [r for r in routers(port, "tcp") if r.get("status") == "enabled"]
-
-    (tcp,) = wait_for(sni_routers, "the cluster's SNI router", 30)
-    assert tcp["rule"] == "HostSNI(`c1.dask.example.org`)"
+    kubectl("apply", "-f", "-", input=json.dumps(dask_cluster(edge.namespace)))
+    tcp = wait_for(edge.sni_router, f"the cluster's SNI router (Traefik's log: {edge.log})", 30)
+    assert tcp["rule"] == f"HostSNI(`{CLUSTER}.{DOMAIN}`)"
     assert tcp["entryPoints"] == ["websecure"]
     assert tcp["tls"]["passthrough"] is True
-    # The other release's route is not loaded: several facilities can share a cluster.
-    assert all("c2.dask" not in r["rule"] for r in routers(port, "tcp"))
-    # The edge Role grants all the provider needs.
-    assert "forbidden" not in log.read_text()
+    (service,) = [
+        s for s in dask_edge.traefik_api(edge.api_port, "tcp/services")
+        if s["name"] == f"{CLUSTER}-scheduler@http"
+    ]  # fmt: skip
+    assert service["loadBalancer"]["servers"] == [
+        {"address": f"{CLUSTER}-scheduler.{edge.namespace}.svc:8786"}
+    ]
+
+    # The operator restarts (an upgrade): the edge keeps the routes it has while the operator
+    # does not answer, and the restarted one serves them again from its first answer.
+    edge.operator.stop()
+    wait_for(lambda: "cannot fetch configuration data" in edge.log.read_text(),
+             "Traefik's failed poll", 30)  # fmt: skip
+    assert edge.sni_router() is not None
+    edge.operator.start()
+    routes = requests.get(edge.operator.routes_url, timeout=10).json()
+    assert list(routes["tcp"]["routers"]) == [CLUSTER]  # listed before it was first served
+    assert edge.sni_router() is not None
+
+    kubectl("delete", "daskcluster", CLUSTER, "-n", edge.namespace, "--wait=false")
+    wait_for(lambda: edge.sni_router() is None, "the deleted cluster's router to go", 60)

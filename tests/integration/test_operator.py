@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from cryptography import x509
 from distributed import LocalCluster
@@ -161,7 +162,6 @@ OBJECTS = {
     "secret": f"{CLUSTER}-tls",
     "pod": f"{CLUSTER}-scheduler",
     "service": f"{CLUSTER}-scheduler",
-    "ingressroutetcp": CLUSTER,
     "networkpolicy": f"{CLUSTER}-workers",
 }
 
@@ -172,6 +172,11 @@ def all_objects(namespace: str) -> Callable[[], dict[str, dict[str, Any]] | None
         return objs if all(objs.values()) else None  # type: ignore[return-value]
 
     return found
+
+
+def edge_routes(operator: Operator) -> dict[str, Any]:
+    """What the operator serves the edge (Traefik's HTTP provider): its Dask routes."""
+    return requests.get(operator.routes_url, timeout=10).json()
 
 
 def pem(text: str) -> list[x509.Certificate]:
@@ -187,7 +192,7 @@ def test_cluster_becomes_its_objects_with_owners_labels_and_status(
     operator: Operator, namespace: str, api: client.ApiClient
 ) -> None:
     dask_cluster(namespace)
-    objs = wait_for(all_objects(namespace), "the cluster's five objects")
+    objs = wait_for(all_objects(namespace), "the cluster's four objects")
     owner = get(namespace, DASK_CLUSTERS, CLUSTER)
     assert owner is not None
     for kind, obj in objs.items():  # type: ignore[union-attr]
@@ -199,10 +204,9 @@ def test_cluster_becomes_its_objects_with_owners_labels_and_status(
         assert meta["labels"]["facility.hep.io/cluster"] == CLUSTER, kind
         assert meta["labels"]["facility.hep.io/owner"] == "alice", kind
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "facility-operator", kind
-    route = objs["ingressroutetcp"]  # type: ignore[index]
-    assert route["spec"]["routes"][0]["match"] == f"HostSNI(`{CLUSTER}.{DOMAIN}`)"
-    assert route["spec"]["tls"] == {"passthrough": True}
-    assert route["metadata"]["labels"]["facility.hep.io/edge"] == FULLNAME
+    router = edge_routes(operator)["tcp"]["routers"][CLUSTER]
+    assert router["rule"] == f"HostSNI(`{CLUSTER}.{DOMAIN}`)"
+    assert router["tls"] == {"passthrough": True}
 
     def running() -> dict[str, Any] | None:
         cluster = get(namespace, DASK_CLUSTERS, CLUSTER) or {}
@@ -265,11 +269,11 @@ def test_every_user_name_gets_valid_objects_and_none_collide(
         assert cluster["spec"]["owner"] == name
         for kind, object_name in (
             ("pod", f"{cluster_id}-scheduler"), ("service", f"{cluster_id}-scheduler"),
-            ("secret", f"{cluster_id}-tls"), ("ingressroutetcp", cluster_id),
+            ("secret", f"{cluster_id}-tls"),
         ):  # fmt: skip
             assert get(namespace, kind, object_name) is not None, (name, kind)
-        route = get(namespace, "ingressroutetcp", cluster_id)
-        assert route["spec"]["routes"][0]["match"] == f"HostSNI(`{cluster_id}.{DOMAIN}`)"
+        router = edge_routes(operator)["tcp"]["routers"][cluster_id]
+        assert router["rule"] == f"HostSNI(`{cluster_id}.{DOMAIN}`)"
     services = names(namespace, "service", "app.kubernetes.io/managed-by=facility-operator")
     assert services == sorted(f"{c}-scheduler" for c in ids.values())
     kubectl("delete", DASK_CLUSTERS, "--all", "-n", namespace, "--timeout=120s")

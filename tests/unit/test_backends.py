@@ -10,6 +10,7 @@ tests/integration/test_backend_kubernetes.py.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,15 @@ class StandInSchedd:
         self.submitted: list[tuple[dict[str, str], int, bool]] = []
         self.spooled = 0
         self.tokens: list[str | None] = []
+        self.token_dirs: list[tuple[str, str]] = []  # (method, the token folder's one token)
 
     def submit(self, description: htcondor2.Submit, count: int, spool: bool) -> str:
         self.submitted.append((dict(description.items()), count, spool))
         self.tokens.append(htcondor2.param.get("SCITOKENS_FILE"))
+        methods = htcondor2.param.get("SEC_CLIENT_AUTHENTICATION_METHODS", "")
+        if methods == "IDTOKENS":
+            (token,) = Path(htcondor2.param["SEC_TOKEN_DIRECTORY"]).iterdir()
+            self.token_dirs.append((methods, token.read_text()))
         return "result"
 
     def spool(self, result: str) -> None:
@@ -208,6 +214,33 @@ def test_a_users_jobs_carry_their_token_or_none_is_submitted(
     monkeypatch.setattr(site, "_schedd", lambda: schedd)
     site.start(cluster(), group(), [f"{CLUSTER_ID}-default-0"])
     assert schedd.tokens == [None]  # the process's own (site) credential
+
+
+def test_a_site_secret_per_user_carries_each_submit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """credential "secret": the site's Secret for the owner's batch user is the one credential
+    presented (IDTOKENS only, a token folder holding it alone); without it, no job, and the
+    reason names the Secret and the value."""
+    schedd = StandInSchedd()
+    backend = HTCondorBackend({
+        "work_dir": str(tmp_path), "credential": "secret",
+        "user_token_secret": "condor-{user}", "batch_users": {"rule": "table",
+                                                              "table": {"alice": "cms042"}},
+    })  # fmt: skip
+    monkeypatch.setattr(backend, "_schedd", lambda: schedd)
+    assert backend.credential_secret("alice") == "condor-cms042"
+    with pytest.raises(NoUserToken, match=r"Secret condor-cms042 .*userTokenSecret"):
+        backend.start(cluster(token="scitoken"), group(), [f"{CLUSTER_ID}-default-0"])
+    assert schedd.submitted == []
+    owned = dataclasses.replace(cluster(token="scitoken"), submit_token="alices-idtoken")
+    backend.start(owned, group(), [f"{CLUSTER_ID}-default-0"])
+    assert schedd.token_dirs == [("IDTOKENS", "alices-idtoken")]
+    # The process's own settings are back once the submit is done.
+    assert htcondor2.param.get("SEC_CLIENT_AUTHENTICATION_METHODS") != "IDTOKENS"
+    # The user's bearer token still travels with the job (for XCache).
+    environment = schedd.submitted[0][0]["environment"]
+    assert "BEARER_TOKEN_FILE='bearer_token'" in environment
 
 
 def test_jobs_are_charged_to_the_owners_batch_user(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from facility_operator import resources as res
 from facility_operator.certs import ClusterIdentity, new_facility_ca
+from facility_operator.edge_routes import EdgeRoutes
 from facility_operator.settings import Settings
 from facility_operator.status import scheduler_status
 from kubernetes import client
@@ -62,7 +63,6 @@ def all_objects(body: dict[str, Any]) -> list[dict[str, Any]]:
         res.tls_secret(s, body, identity()),
         res.scheduler_pod(s, body),
         res.scheduler_service(s, body),
-        res.ingress_route(s, body),
     ]
 
 
@@ -72,7 +72,6 @@ def test_names_follow_the_contract() -> None:
         ("Secret", "alice-x1y2z-tls"),
         ("Pod", "alice-x1y2z-scheduler"),
         ("Service", "alice-x1y2z-scheduler"),
-        ("IngressRouteTCP", "alice-x1y2z"),
     }
 
 
@@ -127,20 +126,49 @@ def test_ca_secret_belongs_to_no_cluster() -> None:
     assert secret["stringData"] == {"tls.crt": ca.cert, "tls.key": ca.key}
 
 
-def test_ingress_route_passes_tls_through_by_sni() -> None:
-    route = res.ingress_route(settings(), cluster())
-    assert route["apiVersion"] == "traefik.io/v1alpha1"
-    assert route["metadata"]["labels"]["facility.hep.io/edge"] == "af"
-    assert route["spec"] == {
-        "entryPoints": ["websecure"],
-        "routes": [
-            {
-                "match": "HostSNI(`alice-x1y2z.dask.af.example.org`)",
-                "services": [{"name": "alice-x1y2z-scheduler", "port": 8786}],
-            }
-        ],
-        "tls": {"passthrough": True},
+def test_the_edge_routes_each_live_cluster_by_sni_to_its_scheduler() -> None:
+    routes = EdgeRoutes(settings())
+    routes.observe(cluster(), deleted=False)
+    assert routes.config() == {
+        "tcp": {
+            "routers": {
+                "alice-x1y2z": {
+                    "entryPoints": ["websecure"],
+                    "rule": "HostSNI(`alice-x1y2z.dask.af.example.org`)",
+                    "service": "alice-x1y2z-scheduler",
+                    "tls": {"passthrough": True},
+                }
+            },
+            "services": {
+                "alice-x1y2z-scheduler": {
+                    "loadBalancer": {
+                        "servers": [{"address": "alice-x1y2z-scheduler.facility.svc:8786"}]
+                    }
+                }
+            },
+        }
     }
+
+
+def test_a_cluster_being_deleted_or_gone_has_no_route() -> None:
+    routes = EdgeRoutes(settings())
+    ending = cluster()
+    ending["metadata"]["deletionTimestamp"] = "2026-12-02T00:00:00Z"
+    routes.observe(cluster(), deleted=False)
+    routes.observe(ending, deleted=False)
+    assert routes.config() == {}
+    routes.observe(cluster(), deleted=False)
+    routes.observe(cluster(), deleted=True)
+    assert routes.config() == {}
+
+
+def test_a_fresh_listing_replaces_every_route() -> None:
+    routes = EdgeRoutes(settings())
+    routes.observe(cluster(), deleted=False)  # gone while the watch was down
+    other = cluster()
+    other["metadata"]["name"] = "bob-abcde"
+    routes.replace([other])
+    assert set(routes.config()["tcp"]["routers"]) == {"bob-abcde"}
 
 
 def test_service_selects_the_scheduler_pod() -> None:

@@ -140,6 +140,9 @@ class StandInBackend:
     def jobs(self, key: str, owner: str = "") -> list[Job]:
         return [j for j in self.listed if j.id not in self.removed]
 
+    def credential_secret(self, owner: str) -> str | None:
+        return None
+
     def start(self, cluster: object, group: WorkerGroup, names: list[str]) -> None:
         self.started += names
 

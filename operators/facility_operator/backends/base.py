@@ -86,6 +86,9 @@ class ClusterWorkers:
     tls: Mapping[str, str] = field(repr=False)  # PEM texts by file name (WORKER_TLS_FILES)
     xcache: str = ""  # root://host:port, or empty
     token: str = field(default="", repr=False)  # the user's bearer token, when shared
+    # The owner's batch-system credential from the site's Secret for them, for backends that
+    # name one (Backend.credential_secret); empty otherwise.
+    submit_token: str = field(default="", repr=False)
 
     @property
     def key(self) -> str:
@@ -143,6 +146,11 @@ class Backend(ABC):
     @property
     def python(self) -> str:
         return str(self.config.get("python") or WORKER_PYTHON)
+
+    def credential_secret(self, owner: str) -> str | None:
+        """The Secret (of the operator's namespace) whose key `token` the owner's jobs are
+        submitted with; None when this backend takes no such Secret."""
+        return None
 
     @property
     def death_timeout(self) -> int:

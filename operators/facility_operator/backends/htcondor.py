@@ -17,11 +17,16 @@ Config (the chart's `backends.htcondor` values):
 `credential` says who the schedd sees. `user` (the default): the owner's own bearer token
 (their WLCG/SciToken access token, which FacilityCluster shares) authenticates the submit
 (HTCondor's SCITOKENS method), so the job's Owner is the user; with no token shared, no job is
-submitted and the start failure says why. `site`: the operator's own HTCondor credential (the
-chart's `tokenSecret`, mounted in the operator alone) submits every user's jobs, which then
-share one Owner. Either way the token travels with the job as `BEARER_TOKEN_FILE` (e.g. to read
-through XCache). `accounting_group`, when set, charges the job to
-`<accounting_group>.<batch user>` (`facility_operator.batch_users`).
+submitted and the start failure says why. `secret`: the site gives each user an HTCondor token
+(an IDTOKEN for that user's identity) in a Secret of the operator's namespace, named by
+`user_token_secret` with `{user}` for the owner's batch user (default `htcondor-token-{user}`,
+key `token`); the operator presents it alone (a token folder of the submit's own), so the
+job's Owner is the user; a missing Secret means no job, and the reason names it. `site`: the
+operator's own HTCondor credential (the chart's `tokenSecret`, mounted in the operator alone)
+submits every user's jobs, which then share one Owner. Whichever credential submits, the user's
+bearer token travels with the job as `BEARER_TOKEN_FILE` (e.g. to read through XCache).
+`accounting_group`, when set, charges the job to `<accounting_group>.<batch user>`
+(`facility_operator.batch_users`).
 
 Every job carries `+FacilityCluster = "<namespace>/<cluster-id>"` and
 `+FacilityWorker = "<worker name>"`.
@@ -56,6 +61,9 @@ WORKER_ATTRIBUTE = "FacilityWorker"
 # The name of the user's token in the job's sandbox.
 JOB_TOKEN = "bearer_token"
 DEFAULT_WORK_DIR = "/tmp/facility-htcondor"
+DEFAULT_USER_TOKEN_SECRET = "htcondor-token-{user}"
+CREDENTIALS = ("user", "secret", "site")
+CLIENT_METHODS = "SEC_CLIENT_AUTHENTICATION_METHODS"
 # A finished job stays in the queue this long, so that the operator sees how it ended.
 KEEP_FINISHED = 600
 PROJECTION = [
@@ -71,7 +79,8 @@ SCHEDD_LOCK = threading.Lock()
 
 
 class NoUserToken(RuntimeError):
-    """The owner shared no token, and the submit must carry theirs (credential: user)."""
+    """The submit must carry the owner's own credential, and there is none (credential: user,
+    or secret)."""
 
 
 def new_syntax_arguments(argv: list[str]) -> str:
@@ -103,6 +112,19 @@ class HTCondorBackend(Backend):
             raise ValueError(f"htcondor universe must be docker or vanilla, not {universe!r}")
         return universe
 
+    @property
+    def credential(self) -> str:
+        credential = str(self.config.get("credential", "user"))
+        if credential not in CREDENTIALS:
+            raise ValueError(f"htcondor credential is one of {CREDENTIALS}, not {credential!r}")
+        return credential
+
+    def credential_secret(self, owner: str) -> str | None:
+        if self.credential != "secret":
+            return None
+        pattern = str(self.config.get("user_token_secret") or DEFAULT_USER_TOKEN_SECRET)
+        return pattern.replace("{user}", batch_user(owner, self.config))
+
     def cluster_dir(self, cluster_id: str) -> Path:
         return Path(str(self.config.get("work_dir") or DEFAULT_WORK_DIR)) / cluster_id
 
@@ -120,6 +142,16 @@ class HTCondorBackend(Backend):
             path.write_text(text)
             paths.append(str(path))
         return paths
+
+    def write_submit_token(self, cluster: ClusterWorkers) -> str:
+        """A token folder holding the owner's HTCondor token alone (for the operator's user
+        alone); its path."""
+        directory = self.cluster_dir(cluster.cluster_id) / "submit-token"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / "token"
+        path.touch(mode=0o600)
+        path.write_text(cluster.submit_token)
+        return str(directory)
 
     def submit_description(
         self, cluster: ClusterWorkers, group: WorkerGroup, name: str, inputs: list[str]
@@ -186,18 +218,32 @@ class HTCondorBackend(Backend):
     def start(self, cluster: ClusterWorkers, group: WorkerGroup, names: list[str]) -> None:
         import htcondor2
 
-        if self.config.get("credential", "user") == "user" and not cluster.token:
+        credential = self.credential
+        if credential == "user" and not cluster.token:
             raise NoUserToken(
                 f"{cluster.owner} has shared no token: HTCondor jobs are submitted with the "
                 "owner's own token (FacilityCluster shares $BEARER_TOKEN_FILE; log in again "
                 "through the hub), or the site sets operator.backends.htcondor.credential: site"
             )
+        if credential == "secret" and not cluster.submit_token:
+            raise NoUserToken(
+                f"no HTCondor token for {cluster.owner}: the site's Secret "
+                f"{self.credential_secret(cluster.owner)} (key token) is missing or empty "
+                "(operator.backends.htcondor.userTokenSecret)"
+            )
         inputs = self.write_job_files(cluster)
+        # The user's credential, by its one method: a site credential that the operator may
+        # also hold is never tried in its place.
+        params: dict[str, str] = {}
+        if credential == "user":
+            params = {"SCITOKENS_FILE": inputs[-1], CLIENT_METHODS: "SCITOKENS"}
+        elif credential == "secret":
+            token_dir = self.write_submit_token(cluster)
+            params = {"SEC_TOKEN_DIRECTORY": token_dir, CLIENT_METHODS: "IDTOKENS"}
         spool = bool(self.config.get("schedd"))
         with SCHEDD_LOCK:
-            saved = htcondor2.param.get("SCITOKENS_FILE")
-            if cluster.token:
-                htcondor2.param["SCITOKENS_FILE"] = inputs[-1]
+            saved = {key: htcondor2.param.get(key) for key in params}
+            htcondor2.param.update(params)
             try:
                 schedd = self._schedd()
                 for name in names:
@@ -206,10 +252,11 @@ class HTCondorBackend(Backend):
                     if spool:
                         schedd.spool(result)
             finally:
-                if saved is None:
-                    htcondor2.param.pop("SCITOKENS_FILE", None)
-                else:
-                    htcondor2.param["SCITOKENS_FILE"] = saved
+                for key, value in saved.items():
+                    if value is None:
+                        htcondor2.param.pop(key, None)
+                    else:
+                        htcondor2.param[key] = value
 
     @staticmethod
     def _constraint(cluster_key: str) -> str:
