@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,10 +38,3 @@ def test_templates_use_no_lookup_or_randomness() -> None:
         if banned.search(line)
     ]
     assert hits == []
-
-
-def test_traefik_crds_are_the_pinned_versions() -> None:
-    done = subprocess.run(
-        [str(ROOT / "ci" / "traefik-crds"), "--check"], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr

@@ -16,7 +16,6 @@ POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 COMPONENTS = {"hub", "proxy", "edge", "operator"}
 # Components that a values file switches on: {component: its section, whose `enabled` is true}.
 OPTIONAL_COMPONENTS = {"xcache": "xcache"}
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 
 
 def rendered(values: Path) -> list[dict[str, Any]]:
@@ -43,10 +42,8 @@ def test_every_object_is_labelled_and_namespaced(values: Path) -> None:
         assert labels.get("app.kubernetes.io/instance") == "af", where
         assert labels.get("app.kubernetes.io/managed-by") == "Helm", where
         assert "app.kubernetes.io/component" in labels, where
-        if obj["kind"] in CLUSTER_SCOPED:
-            assert meta["name"].startswith("facility-"), where  # namespace first
-        else:
-            assert meta.get("namespace") == "facility", where
+        # Nothing cluster-scoped but the CRD (crds/, which helm template leaves out).
+        assert meta.get("namespace") == "facility", where
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
@@ -165,21 +162,34 @@ def test_hub_receives_the_values_whole() -> None:
     assert release["namespace"] == "facility"
 
 
-def test_the_operators_service_follows_its_api_port() -> None:
-    """The notebooks' FACILITY_OPERATOR_URL names operator.apiPort: the Service must listen
-    there, and forward to the container's port of that name."""
-    objs = objects(
-        render(VALUES_DIR / "defaults.yaml", "facility", "--set", "operator.apiPort=9100")
-    )
-    (service,) = [
-        o for o in objs if o["kind"] == "Service" and o["metadata"]["name"].endswith("-operator")
-    ]
-    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(9100, "http")]
-    (deployment,) = [
-        o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-operator")
-    ]
-    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+def test_the_operators_service_follows_its_ports() -> None:
+    """The notebooks' FACILITY_OPERATOR_URL names operator.apiPort, the edge's HTTP provider
+    operator.edgeRoutesPort: the Service listens on both, and forwards to the container's port
+    of that name; the edge polls that port, and its policy and the operator's admit it."""
+    chosen = ["--set", "operator.apiPort=9100", "--set", "operator.edgeRoutesPort=9102"]
+    objs = objects(render(VALUES_DIR / "defaults.yaml", "facility", *chosen))
+    by_name = {(o["kind"], o["metadata"]["name"].removeprefix("af-facility-")): o for o in objs}
+    service = by_name["Service", "operator"]
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        (9100, "http"), (9102, "edge-routes"),
+    ]  # fmt: skip
+    operator = by_name["Deployment", "operator"]
+    ports = operator["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert {"name": "http", "containerPort": 9100} in ports
+    assert {"name": "edge-routes", "containerPort": 9102} in ports
+    edge = by_name["Deployment", "edge"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    endpoint = "http://af-facility-operator.facility:9102/routes"
+    assert f"--providers.http.endpoint={endpoint}" in edge
+    assert not [a for a in edge if a.startswith("--providers.kubernetes")]
+    edge_policy = by_name["NetworkPolicy", "edge"]["spec"]
+    assert {"port": 9102} in [p for rule in edge_policy["egress"] for p in rule.get("ports", [])]
+    admitted = [
+        (rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+         rule["ports"])
+        for rule in by_name["NetworkPolicy", "operator"]["spec"]["ingress"]
+        if len(rule["from"]) == 1
+    ]  # fmt: skip
+    assert admitted == [("edge", [{"port": "edge-routes"}])]
 
 
 def test_no_scheduler_service_account_or_role() -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -50,6 +52,7 @@ FULLNAME = "e2e-facility"
 USER = "alice"
 CHART_COMPONENTS = {"hub", "proxy", "edge", "operator"}
 CHART_DEFAULTS = yaml.safe_load((ROOT / "charts/facility/values.yaml").read_text())
+CHART_DEFAULTS_UP = yaml.safe_load((ROOT / "ci/up.d/values.yaml").read_text())  # make up's
 # What may stay in the namespace after `helm uninstall`: the data the chart keeps on purpose
 # (the hub database), what others made (KubeSpawner's home volumes, the operator's Dask CA,
 # which the chart's notes say is kept), and what Kubernetes makes in every namespace.
@@ -293,31 +296,31 @@ def every_chart_pod_ready(site: Facility) -> list[dict[str, Any]] | None:
     return None
 
 
-def server(site: Facility) -> dict[str, Any] | None:
+def server(site: Facility, user: str = USER) -> dict[str, Any] | None:
     """The user's default server as the hub reports it (None: none)."""
-    response = site.api("GET", f"/hub/api/users/{USER}")
+    response = site.api("GET", f"/hub/api/users/{user}")
     if response.status_code != 200:
         return None
     return response.json().get("servers", {}).get("")
 
 
-def start_server(site: Facility) -> None:
-    response = site.api("POST", f"/hub/api/users/{USER}/server")
+def start_server(site: Facility, user: str = USER) -> None:
+    response = site.api("POST", f"/hub/api/users/{user}/server")
     assert response.status_code in {201, 202}, response.text
-    wait_for(lambda: (server(site) or {}).get("ready"), f"{USER}'s server to be ready", 300)
+    wait_for(lambda: (server(site, user) or {}).get("ready"), f"{user}'s server to be ready", 300)
 
 
-def stop_server(site: Facility) -> None:
-    response = site.api("DELETE", f"/hub/api/users/{USER}/server")
+def stop_server(site: Facility, user: str = USER) -> None:
+    response = site.api("DELETE", f"/hub/api/users/{user}/server")
     assert response.status_code in {202, 204}, response.text
-    wait_for(lambda: server(site) is None, f"{USER}'s server to stop", 180)
+    wait_for(lambda: server(site, user) is None, f"{user}'s server to stop", 180)
     wait_for(
         lambda: (
             not site.kubectl(
-                "get", "pod", f"jupyter-{USER}", "-n", NAMESPACE, "--ignore-not-found", "-o", "name"
+                "get", "pod", f"jupyter-{user}", "-n", NAMESPACE, "--ignore-not-found", "-o", "name"
             )
         ),
-        f"{USER}'s pod to go",
+        f"{user}'s pod to go",
         120,
     )
 
@@ -423,7 +426,7 @@ with FacilityCluster(edge_host="{FULLNAME}-edge.{NAMESPACE}.svc", timeout=300) a
 def dask_objects(facility: Facility, cluster_id: str) -> list[str]:
     """Everything of one Dask cluster left in the namespace (its label), and the cluster."""
     names = facility.kubectl(
-        "get", "daskclusters,pods,services,secrets,ingressroutetcps,networkpolicies",
+        "get", "daskclusters,pods,services,secrets,networkpolicies",
         "-n", NAMESPACE, "-l", f"facility.hep.io/cluster={cluster_id}", "-o", "name",
     ).split()  # fmt: skip
     gone = facility.kubectl(
@@ -556,11 +559,15 @@ print(json.dumps({f"{h}:{p}": reach(h, p) for h, p in json.loads(sys.argv[1])}))
 """
 
 
-def pod_ip(facility: Facility, component: str) -> str:
-    pods = facility.json(
-        "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={component}"
-    )
-    return str(pods["items"][0]["status"]["podIP"])
+def pod_ip(facility: Facility, component: str, cluster: str = "", user: str = "") -> str:
+    """The address of the component's pod (of one Dask cluster, or of one user's server)."""
+    selector = f"app.kubernetes.io/component={component}"
+    if cluster:
+        selector += f",facility.hep.io/cluster={cluster}"
+    if user:
+        selector += f",hub.jupyter.org/username={user}"
+    (pod,) = facility.json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
+    return str(pod["status"]["podIP"])
 
 
 def test_network_policies_keep_a_notebook_to_what_it_needs(facility: Facility) -> None:
@@ -592,6 +599,273 @@ def test_network_policies_keep_a_notebook_to_what_it_needs(facility: Facility) -
         f"{proxy}:8001": False,
         f"{hub}:{token_port}": False,
     }
+
+
+ATTACKER = "bob"
+
+# What bob tries from his own notebook, with what it holds (his server's token, his own
+# cluster's credentials), against alice (sys.argv[1]: her cluster and pods). Prints what each
+# attempt answered, then keeps bob's cluster open until a line comes on stdin, so that the test
+# can try from inside bob's scheduler and worker too.
+BOB_ATTACKS = r"""
+import json, os, socket, ssl, sys, tempfile, urllib.error, urllib.request
+from facility_client.cluster import FacilityCluster
+
+target = json.loads(sys.argv[1])
+api = os.environ["FACILITY_OPERATOR_URL"].rstrip("/")
+token = os.environ["JUPYTERHUB_API_TOKEN"]
+kube = "https://kubernetes.default.svc/api/v1/namespaces/" + target["namespace"]
+unverified = ssl._create_unverified_context()
+out = {}
+
+def request(method, url, body=None, auth=True):
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "token " + token
+    data = json.dumps(body).encode() if body is not None else None
+    ask = urllib.request.Request(url, data, headers, method=method)
+    try:
+        with urllib.request.urlopen(ask, timeout=10, context=unverified) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return "unreachable", str(error)
+
+def brief(answer):
+    status, text = answer
+    try:
+        return [status, json.loads(text).get("error", text[:200])]
+    except (ValueError, AttributeError):
+        return [status, text[:200]]
+
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+def handshake(sni, cert, key, ca=None):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    if ca:
+        context.load_verify_locations(cadata=ca)
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(cert, key)
+    try:
+        with socket.create_connection((target["edge"], 443), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=sni) as tls:
+                tls.settimeout(5)
+                tls.recv(1)  # TLS 1.3: the server's verdict on our certificate comes here
+        return "closed"
+    except ssl.SSLCertVerificationError as error:
+        return error.reason + ": " + error.verify_message
+    except ssl.SSLError as error:
+        return str(error.reason)
+    except socket.timeout:
+        return "accepted"  # no alert: the scheduler waits for Dask's first message
+
+out["service_account"] = os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount")
+out["kube_list_secrets"] = brief(request("GET", kube + "/secrets", auth=False))[0]
+pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bob-was-here"},
+       "spec": {"containers": [{"name": "c", "image": "x"}]}}
+out["kube_create_pod"] = brief(request("POST", kube + "/pods", pod, auth=False))[0]
+cluster_url = api + "/clusters/" + target["cluster"]
+out["api"] = {what: brief(request(method, cluster_url + path)) for what, method, path in (
+    ("get", "GET", ""), ("credentials", "GET", "/credentials"), ("workers", "GET", "/workers"),
+    ("scale", "PATCH", ""), ("delete", "DELETE", ""))}
+out["token_service"] = brief(request("GET", target["proxy"] + "/services/tokens/?user=alice"))
+out["hub_user"] = brief(request("GET", os.environ["JUPYTERHUB_API_URL"] + "/users/alice"))[0]
+out["dashboard_link"] = brief(request("GET", target["proxy"] + target["dashboard"]))[0]
+out["alice_server"] = brief(request("GET", target["proxy"] + "/user/alice/api/contents"))[0]
+out["reach"] = {name: reach(host, port) for name, (host, port) in target["pods"].items()}
+
+with FacilityCluster(edge_host=target["edge"], timeout=300) as cluster:
+    cluster.scale(1)
+    with cluster.get_client() as client:
+        client.wait_for_workers(1, timeout=300)
+    out["own_cluster"] = cluster.name
+    credentials = json.loads(request("GET", api + "/clusters/" + cluster.name + "/credentials")[1])
+    folder = tempfile.mkdtemp()
+    cert, key = folder + "/tls.crt", folder + "/tls.key"
+    for path, field in ((cert, "tls_cert"), (key, "tls_key")):
+        with open(path, "w") as file:
+            file.write(credentials[field])
+    own = cluster.name + "." + target["domain"]
+    out["handshake"] = {
+        # The method works: bob's own scheduler accepts bob's certificate.
+        "bob at his own scheduler": handshake(own, cert, key, credentials["ca"]),
+        # bob's certificate at alice's scheduler (bob trusts anything: her scheduler judges).
+        "bob at alice's scheduler": handshake(target["sni"], cert, key),
+    }
+    out["quota"] = brief(request("PATCH", api + "/clusters/" + cluster.name, {"maxWorkers": 51}))
+    out["after_quota"] = json.loads(request("GET", api + "/clusters/" + cluster.name)[1])
+    print(json.dumps(out))
+    sys.stdout.flush()
+    sys.stdin.readline()
+"""
+
+
+def user_token(facility: Facility, user: str) -> str:
+    """A token of the user's own (the hub's user role: it may use the dask service)."""
+    facility.api("POST", f"/hub/api/users/{user}")  # 201, or 409 when the user exists already
+    made = facility.api("POST", f"/hub/api/users/{user}/tokens", json={"expires_in": 1800})
+    assert made.status_code == 201, made.text
+    return str(made.json()["token"])
+
+
+def handshake_at_edge(facility: Facility, sni: str, credentials: dict[str, str]) -> str:
+    """A TLS handshake through the edge's node port as a Dask client with these credentials
+    (trusting their cluster's CA alone): how it ended."""
+    folder = facility.work / f"client-{sni}"
+    folder.mkdir(exist_ok=True)
+    (folder / "tls.crt").write_text(credentials["tls_cert"])
+    (folder / "tls.key").write_text(credentials["tls_key"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # Dask checks none: the CA is what pins the cluster
+    context.load_verify_locations(cadata=credentials["ca"])
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.load_cert_chain(folder / "tls.crt", folder / "tls.key")
+    edge = (facility.node_ip, facility.node_port)
+    try:
+        with (
+            socket.create_connection(edge, timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=sni),
+        ):
+            return "accepted"
+    except ssl.SSLCertVerificationError as error:
+        return f"{error.reason}: {error.verify_message}"
+
+
+def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
+    """Mode: real node, NetworkPolicies enforced. Issue 12's attack: bob, with a server and a
+    cluster of his own, tries from his notebook, his scheduler and his worker to read a
+    ServiceAccount token, list Secrets or make a pod, reach alice's pods, use alice's cluster
+    through the API, fetch her tokens, open her dashboard and server, speak to her scheduler
+    with his certificate, and scale past his quota; alice's client is shown bob's scheduler in
+    place of hers. Every attempt fails, each as asserted."""
+    if not (server(facility) or {}).get("ready"):
+        start_server(facility)
+    alice = {"Authorization": f"token {user_token(facility, USER)}"}
+    made = requests.post(f"{facility.url}/services/dask/clusters", headers=alice, verify=False,
+                         json={"minWorkers": 0, "maxWorkers": 0}, timeout=60)  # fmt: skip
+    assert made.status_code == 201, made.text
+    cluster_id = made.json()["id"]
+    scheduler = f"{cluster_id}-scheduler"
+    alices = f"{facility.url}/services/dask/clusters/{cluster_id}"
+    wait_for(
+        lambda: (
+            requests.get(alices, headers=alice, verify=False, timeout=30).json()["phase"]
+            == "Running"
+        ),
+        "alice's cluster Running",
+        180,
+    )
+    user_token(facility, ATTACKER)  # bob exists
+    start_server(facility, ATTACKER)
+    domain = CHART_DEFAULTS_UP["edge"]["dask"]["domain"]
+    operator_port = CHART_DEFAULTS["operator"]["apiPort"]
+    routes_port = CHART_DEFAULTS["operator"]["edgeRoutesPort"]
+    pods = {
+        "kubernetes": ["kubernetes.default.svc", 443],
+        "alice's scheduler (Dask)": [pod_ip(facility, "dask-scheduler", cluster_id), 8786],
+        "alice's scheduler (dashboard)": [pod_ip(facility, "dask-scheduler", cluster_id), 8787],
+        "alice's notebook": [pod_ip(facility, "singleuser-server", user=USER), 8888],
+        "the hub's API": [pod_ip(facility, "hub"), 8081],
+        "the proxy's route API": [pod_ip(facility, "proxy"), 8001],
+        "the operator's user API": [pod_ip(facility, "operator"), operator_port],
+        "the operator's edge routes": [pod_ip(facility, "operator"), routes_port],
+    }
+    target = {
+        "namespace": NAMESPACE, "cluster": cluster_id, "sni": f"{cluster_id}.{domain}",
+        "domain": domain, "edge": f"{FULLNAME}-edge.{NAMESPACE}.svc",
+        "proxy": f"http://{FULLNAME}-proxy-http.{NAMESPACE}:8000",
+        "dashboard": f"/user/{USER}/proxy/{scheduler}.{NAMESPACE}:8787/status", "pods": pods,
+    }  # fmt: skip
+    errors = (facility.work / "bob-attacks.err").open("w+")
+    attack = subprocess.Popen(
+        [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec", "-i",
+         "-n", NAMESPACE, f"jupyter-{ATTACKER}", "--", "python3", "-c", BOB_ATTACKS,
+         json.dumps(target)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
+    )  # fmt: skip
+    assert attack.stdout is not None
+    assert attack.stdin is not None
+    line = attack.stdout.readline()
+    if not line:
+        attack.wait(timeout=60)
+        errors.seek(0)
+        pytest.fail(f"bob's script failed:\n{errors.read()[-4000:]}")
+    seen = json.loads(line)
+    report_attacks = facility.work / "bob-attacks.json"
+    report_attacks.write_text(json.dumps(seen, indent=2))
+    try:
+        # From bob's notebook: no Kubernetes credential, and the API server refuses the
+        # anonymous caller (no token is mounted, so bob has nothing better).
+        assert seen["service_account"] is False
+        assert (seen["kube_list_secrets"], seen["kube_create_pod"]) == (403, 403), seen
+        # alice's cluster through the user API: as if it did not exist.
+        gone = [404, f"no cluster {cluster_id}"]
+        assert seen["api"] == dict.fromkeys(
+            ("get", "credentials", "workers", "scale", "delete"), gone
+        ), seen["api"]
+        # The token service answers about the caller alone, whoever they name.
+        assert seen["token_service"] == [404, f"no access token for {ATTACKER}: log in again "
+                                         "through the hub"], seen  # fmt: skip
+        assert seen["hub_user"] == 404
+        # alice's dashboard link and her server: her server refuses bob's token.
+        assert (seen["dashboard_link"], seen["alice_server"]) == (403, 403), seen
+        assert seen["reach"] == {
+            "kubernetes": True,  # the API server answers, and refuses (above)
+            "alice's scheduler (Dask)": False,
+            "alice's scheduler (dashboard)": False,
+            "alice's notebook": False,
+            "the hub's API": True,  # every server reports to the hub; its token decides
+            "the proxy's route API": False,
+            "the operator's user API": True,  # the user API; the token decides (above)
+            "the operator's edge routes": False,
+        }, seen["reach"]
+        # TLS through the edge: bob's own scheduler accepts his certificate; alice's refuses it.
+        assert seen["handshake"] == {
+            "bob at his own scheduler": "accepted",
+            "bob at alice's scheduler": "TLSV1_ALERT_UNKNOWN_CA",
+        }, seen["handshake"]
+        # Past his quota: refused, naming the limit; his cluster is as it was.
+        assert seen["quota"][0] == 403, seen["quota"]
+        assert seen["quota"][1].startswith(f"quota exceeded: at most 50 workers for {ATTACKER}")
+        assert seen["after_quota"]["maxWorkers"] == 1
+
+        # alice's client shown bob's scheduler (SNI of bob's cluster): her client refuses it.
+        credentials = requests.get(f"{alices}/credentials", headers=alice, verify=False,
+                                   timeout=30).json()  # fmt: skip
+        assert handshake_at_edge(facility, f"{seen['own_cluster']}.{domain}", credentials) == (
+            "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate"
+        )
+        assert handshake_at_edge(facility, target["sni"], credentials) == "accepted"
+
+        # From inside bob's scheduler and his worker: nothing of alice's, no Kubernetes API.
+        bobs = seen["own_cluster"]
+        for where in (f"{bobs}-scheduler", f"{bobs}-default-0"):
+            reached = json.loads(facility.kubectl(
+                "exec", "-n", NAMESPACE, where, "--", "python", "-c", REACH,
+                json.dumps(list(pods.values())),
+            ))  # fmt: skip
+            assert not any(reached.values()), (where, reached)
+            probe = facility.kubectl(
+                "exec", "-n", NAMESPACE, where, "--", "python", "-c",
+                "import os; print(os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount'))",
+            )  # fmt: skip
+            assert probe.strip() == "False", where
+    finally:
+        attack.stdin.write("\n")
+        attack.stdin.close()
+        attack.wait(timeout=300)
+        requests.delete(alices, headers=alice, verify=False, timeout=30)
+        stop_server(facility, ATTACKER)  # room on the node for the tests after this one
+    wait_for(lambda: not dask_objects(facility, cluster_id), "alice's cluster to go", 180)
 
 
 def hub_pod_uid(facility: Facility) -> str:

@@ -23,11 +23,6 @@
 {{- printf "%s-%s" (include "facility.fullname" .root | trunc 50 | trimSuffix "-") .component -}}
 {{- end -}}
 
-{{/* A cluster-scoped object's name, unique across namespaces: <namespace>-<fullname>-<component>. */}}
-{{- define "facility.clusterScopedName" -}}
-{{- printf "%s-%s" .root.Release.Namespace (include "facility.componentName" .) | trunc 63 | trimSuffix "-" -}}
-{{- end -}}
-
 {{- define "facility.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "facility.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
