@@ -138,3 +138,8 @@ the proxy (/services/dask/) and the hub (its service check); only when operator.
   ports:
     - port: {{ .Values.operator.apiPort }}
 {{- end -}}
+
+{{/* Where the edge's files are (its ConfigMap and certificate), which its file provider reads. */}}
+{{- define "facility.edgeFilesDir" -}}
+/etc/facility/edge
+{{- end -}}
