@@ -49,10 +49,11 @@ LOOPBACK = "127.0.0.1"
 ENTRYPOINT = "websecure"  # the chart's one public entrypoint
 
 
-def chart_edge() -> tuple[list[str], dict[str, str]]:
+def chart_edge(*settings: str) -> tuple[list[str], dict[str, str]]:
     """The edge container's arguments and its files (the edge ConfigMap's data), as the chart
-    renders them with its default values."""
-    rendered = objects(render(VALUES_DIR / "defaults.yaml"))
+    renders them with its default values and these `--set` settings."""
+    extra = [arg for setting in settings for arg in ("--set", setting)]
+    rendered = objects(render(VALUES_DIR / "defaults.yaml", "facility", *extra))
     (edge,) = [
         o for o in rendered
         if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-edge")
@@ -64,14 +65,26 @@ def chart_edge() -> tuple[list[str], dict[str, str]]:
     return edge["spec"]["template"]["spec"]["containers"][0]["args"], files["data"]
 
 
-def write_edge_files(folder: Path, files: dict[str, str], hub: str) -> None:
-    """The chart's edge files into `folder`, the hub's route pointing at `hub` (a URL)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def edge_files(files: dict[str, str], folder: Path, hub: str) -> dict[str, str]:
+    """The chart's edge files for a Traefik on loopback that reads them from `folder`: the
+    hub's route pointing at `hub` (a URL), the certificate's paths in `folder`."""
+    local = {}
     for name, text in files.items():
         config = yaml.safe_load(text)
         for service in (config.get("http") or {}).get("services", {}).values():
             service["loadBalancer"]["servers"] = [{"url": hub}]
-        (folder / name).write_text(yaml.safe_dump(config))
+        for certificate in (config.get("tls") or {}).get("certificates", []):
+            for key in ("certFile", "keyFile"):
+                certificate[key] = str(folder / Path(certificate[key]).name)
+        local[name] = yaml.safe_dump(config)
+    return local
+
+
+def write_edge_files(folder: Path, files: dict[str, str], hub: str) -> None:
+    """The chart's edge files into `folder` (edge_files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in edge_files(files, folder, hub).items():
+        (folder / name).write_text(text)
 
 
 def local_edge_args(

@@ -11,6 +11,9 @@ since the simulated backends' addresses lead nowhere.
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
+from facility_operator.certs import new_cluster_identity, new_facility_ca
 
 from tests.chart.render import DEV_INSTALL
 from tests.conftest import CHART, free_port, helm, http_get, kubectl, tool, wait_for
@@ -149,3 +154,69 @@ def test_hub_https_and_sni_routes_share_the_entrypoint(edge: RunningEdge) -> Non
 
     kubectl("delete", "daskcluster", CLUSTER, "-n", edge.namespace, "--wait=false")
     wait_for(lambda: edge.sni_router() is None, "the deleted cluster's router to go", 60)
+
+
+def kubelet_write(folder: Path, files: dict[str, str], generation: int) -> None:
+    """`files` into `folder` as the kubelet writes a ConfigMap or Secret volume: a new
+    timestamped folder, the `..data` link swapped to it in one rename, a link per file into
+    `..data`; the previous folder goes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fresh = folder / f"..generation-{generation}"
+    fresh.mkdir()
+    for name, text in files.items():
+        (fresh / name).write_text(text)
+    data = folder / "..data"
+    previous = data.resolve() if data.exists() else None
+    (folder / "..data_tmp").symlink_to(fresh.name)
+    (folder / "..data_tmp").rename(data)
+    for name in files:
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(f"..data/{name}")
+    if previous is not None:
+        shutil.rmtree(previous)
+
+
+def served_certificate(port: int, sni: str) -> x509.Certificate | None:
+    """The certificate the edge presents for `sni`; None while it does not answer."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=sni) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def test_the_sites_certificate_is_served_and_its_renewal_read_again(tmp_path: Path) -> None:
+    """edge.tls.secretName: the edge serves the site's certificate for edge.host from its
+    files, and a renewed one as soon as the kubelet swaps the volume's files (no restart)."""
+    host = "af.example.org"
+    args, files = dask_edge.chart_edge(f"edge.host={host}", "edge.tls.secretName=edge-tls")
+    folder = tmp_path / "edge"
+    config = dask_edge.edge_files(files, folder, "http://127.0.0.1:9")
+    ca = new_facility_ca("site")
+    first, renewed = (new_cluster_identity(ca, name, host) for name in ("first", "renewed"))
+    kubelet_write(folder, {**config, "tls.crt": first.tls_cert, "tls.key": first.tls_key}, 1)
+    port, api_port = free_port(), free_port()
+    log = tmp_path / "traefik.log"
+    with log.open("w") as out:
+        traefik = subprocess.Popen(
+            [tool("traefik"), *dask_edge.local_edge_args(args, port, api_port, folder)],
+            stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+        leaf = x509.load_pem_x509_certificates(first.tls_cert.encode())[0]
+        wait_for(lambda: served_certificate(port, host) == leaf, f"the site's certificate ({log})")
+        kubelet_write(folder, {**config, "tls.crt": renewed.tls_cert,
+                               "tls.key": renewed.tls_key}, 2)  # fmt: skip
+        leaf = x509.load_pem_x509_certificates(renewed.tls_cert.encode())[0]
+        wait_for(lambda: served_certificate(port, host) == leaf, f"the renewed one ({log})", 30)
+        assert "ERR" not in log.read_text(), log.read_text()[-3000:]  # Traefik's error level
+    finally:
+        traefik.terminate()
+        traefik.wait(timeout=30)
