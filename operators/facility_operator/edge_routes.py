@@ -57,29 +57,51 @@ def traefik_config(schedulers: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
 
 @dataclass
 class EdgeRoutes:
-    """The route of every DaskCluster of the namespace that is not being deleted."""
+    """The route of every DaskCluster of the namespace that is not being deleted: kept from the
+    operator's watch events, and checked against a fresh listing now and then."""
 
     settings: Settings
     schedulers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # When each cluster's latest event came (a count of events), so that a listing taken
+    # before an event does not undo it.
+    _clock: int = 0
+    _last_event: dict[str, int] = field(default_factory=dict)
+
+    def _route(self, body: Mapping[str, Any]) -> tuple[str, str]:
+        cluster_id = res.cluster_id(body)
+        service = f"{res.scheduler_name(body)}.{body['metadata']['namespace']}.svc"
+        return res.sni_host(self.settings, cluster_id), f"{service}:{SCHEDULER_PORT}"
+
+    @staticmethod
+    def _live(body: Mapping[str, Any]) -> bool:
+        return not body["metadata"].get("deletionTimestamp")
 
     def observe(self, body: Mapping[str, Any], deleted: bool) -> None:
         """A watch event of a DaskCluster: its route is there while the cluster lives."""
         cluster_id = res.cluster_id(body)
-        if deleted or body["metadata"].get("deletionTimestamp"):
+        self._clock += 1
+        self._last_event[cluster_id] = self._clock
+        if deleted or not self._live(body):
             self.schedulers.pop(cluster_id, None)
-            return
-        service = f"{res.scheduler_name(body)}.{body['metadata']['namespace']}.svc"
-        self.schedulers[cluster_id] = (
-            res.sni_host(self.settings, cluster_id),
-            f"{service}:{SCHEDULER_PORT}",
-        )
+        else:
+            self.schedulers[cluster_id] = self._route(body)
 
-    def replace(self, bodies: Iterable[Mapping[str, Any]]) -> None:
-        """Every route from a fresh listing (at start, and with each sweep: an event the watch
-        missed leaves no route behind for long)."""
-        self.schedulers.clear()
-        for body in bodies:
-            self.observe(body, deleted=False)
+    def mark(self) -> int:
+        """Call before taking a listing for replace()."""
+        return self._clock
+
+    def replace(self, bodies: Iterable[Mapping[str, Any]], mark: int) -> None:
+        """Every route from a listing taken after `mark` (at start, and with each sweep: an
+        event the watch missed leaves no route behind for long); a cluster with an event
+        since `mark` keeps what its event said."""
+        listed = {res.cluster_id(body): body for body in bodies if self._live(body)}
+        newer = {cid for cid, at in self._last_event.items() if at > mark}
+        for cluster_id in set(self.schedulers) - set(listed) - newer:
+            del self.schedulers[cluster_id]
+        for cluster_id, body in listed.items():
+            if cluster_id not in newer:
+                self.schedulers[cluster_id] = self._route(body)
+        self._last_event = {cid: at for cid, at in self._last_event.items() if at > mark}
 
     def config(self) -> dict[str, Any]:
         return traefik_config(self.schedulers)

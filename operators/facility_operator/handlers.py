@@ -64,7 +64,9 @@ async def _sweep_forever(memo: kopf.Memo) -> None:
             # An API server hiccup must not end the sweeping for the operator's lifetime.
             log.exception("sweep failed; next try in %s s", settings.sweep_interval)
         try:
-            memo.routes.replace(await asyncio.to_thread(memo.kube.clusters, settings.namespace))
+            mark = memo.routes.mark()
+            listed = await asyncio.to_thread(memo.kube.clusters, settings.namespace)
+            memo.routes.replace(listed, mark)
         except Exception:
             log.exception("the edge's routes could not be listed; next try with the next sweep")
         await asyncio.sleep(settings.sweep_interval)
@@ -87,7 +89,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, *
     # The edge's routes from a listing before they are served: an edge that polls a
     # restarted operator never sees an empty table while clusters run.
     memo.routes = EdgeRoutes(memo.settings)
-    memo.routes.replace(await asyncio.to_thread(memo.kube.clusters, memo.settings.namespace))
+    listed = await asyncio.to_thread(memo.kube.clusters, memo.settings.namespace)
+    memo.routes.replace(listed, memo.routes.mark())
     memo.runners = [await _serve(memo.routes.app(), memo.settings.edge_routes_port)]
     logger.info(f"the edge's routes are served on port {memo.settings.edge_routes_port}")
     memo.sweeper = asyncio.create_task(_sweep_forever(memo))

@@ -162,13 +162,30 @@ def test_a_cluster_being_deleted_or_gone_has_no_route() -> None:
     assert routes.config() == {}
 
 
+def named(name: str) -> dict[str, Any]:
+    body = cluster()
+    body["metadata"]["name"] = name
+    return body
+
+
 def test_a_fresh_listing_replaces_every_route() -> None:
     routes = EdgeRoutes(settings())
-    routes.observe(cluster(), deleted=False)  # gone while the watch was down
-    other = cluster()
-    other["metadata"]["name"] = "bob-abcde"
-    routes.replace([other])
+    routes.observe(cluster(), deleted=False)  # then gone while the watch was down
+    routes.replace([named("bob-abcde")], routes.mark())
     assert set(routes.config()["tcp"]["routers"]) == {"bob-abcde"}
+
+
+def test_a_listing_older_than_an_event_does_not_undo_it() -> None:
+    routes = EdgeRoutes(settings())
+    routes.observe(named("gone-11111"), deleted=False)
+    mark = routes.mark()  # the listing is taken from here on...
+    routes.observe(named("new-22222"), deleted=False)  # ...made meanwhile: not in the listing
+    routes.observe(named("gone-11111"), deleted=True)  # deleted meanwhile: still listed
+    routes.replace([named("gone-11111"), named("old-33333")], mark)
+    assert set(routes.config()["tcp"]["routers"]) == {"new-22222", "old-33333"}
+    # The next listing decides alone again.
+    routes.replace([named("old-33333")], routes.mark())
+    assert set(routes.config()["tcp"]["routers"]) == {"old-33333"}
 
 
 def test_service_selects_the_scheduler_pod() -> None:
