@@ -769,7 +769,8 @@ def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
     )
     # bob logs in as a user does (his server starts, with his identity provider's tokens).
     login = browser_login(f"{facility.url}/hub/oauth_login", ATTACKER, f"/user/{ATTACKER}/lab",
-                          timeout=300, ignore_https_errors=True)  # fmt: skip
+                          screenshot=facility.work / "bob-lab.png", timeout=300,
+                          ignore_https_errors=True)  # fmt: skip
     assert login["ok"], login
     wait_for(lambda: (server(facility, ATTACKER) or {}).get("ready"), "bob's server", 300)
     domain = CHART_DEFAULTS_UP["edge"]["dask"]["domain"]
