@@ -50,6 +50,7 @@ NAMESPACE = "e2e"
 RELEASE = "e2e"
 FULLNAME = "e2e-facility"
 USER = "alice"
+ATTACKER = "bob"  # a second user, who attacks alice (test_another_user_reaches_nothing_of_alices)
 CHART_COMPONENTS = {"hub", "proxy", "edge", "operator"}
 CHART_DEFAULTS = yaml.safe_load((ROOT / "charts/facility/values.yaml").read_text())
 CHART_DEFAULTS_UP = yaml.safe_load((ROOT / "ci/up.d/values.yaml").read_text())  # make up's
@@ -59,6 +60,7 @@ CHART_DEFAULTS_UP = yaml.safe_load((ROOT / "ci/up.d/values.yaml").read_text())  
 KEPT_AFTER_UNINSTALL = {
     ("persistentvolumeclaims", f"{FULLNAME}-hub-db"),
     ("persistentvolumeclaims", f"home-{USER}"),
+    ("persistentvolumeclaims", f"home-{ATTACKER}"),
     ("secrets", f"{FULLNAME}-dask-ca"),
     ("configmaps", "kube-root-ca.crt"),
     ("serviceaccounts", "default"),
@@ -600,8 +602,6 @@ def test_network_policies_keep_a_notebook_to_what_it_needs(facility: Facility) -
         f"{hub}:{token_port}": False,
     }
 
-
-ATTACKER = "bob"
 
 # What bob tries from his own notebook, with what it holds (his server's token, his own
 # cluster's credentials), against alice (sys.argv[1]: her cluster and pods). Prints what each
