@@ -52,7 +52,10 @@ $(NODE)/node_modules/.installed: $(NODE)/package-lock.json
 lint: venv tools ## ruff, shell syntax, helm lint --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	for script in ci/tools ci/cluster ci/cluster.d/*.sh ci/up ci/prereqs ci/traefik-crds ci/gitops-crds .ci/run; do bash -n $$script; done
+	# Every shell script, found by its first line (or .sh), and the sourced ci/versions.
+	for script in $$(find ci .ci -type f) ; do \
+	  if [[ $$script == *.sh || $$script == ci/versions ]] || head -1 $$script | grep -q '^#!/usr/bin/env bash'; then \
+	    bash -n $$script || exit 1; fi; done
 	helm lint --strict charts/facility
 
 # The test layers' own local cluster (kwok nodes), so that `make test` runs beside `make up`'s

@@ -43,6 +43,7 @@ def ensure_objects(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> N
         kube.create(res.tls_secret(settings, body, identity))
     kube.create(res.scheduler_service(settings, body))
     kube.create(res.workers_policy(settings, body))
+    kube.create(res.workers_egress_policy(settings, body))
     server = res.owner_server(body)
     owner_pod = kube.pod(namespace, server) if server else None
     policy = (

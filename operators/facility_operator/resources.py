@@ -334,20 +334,32 @@ def dashboard_policy(
     }
 
 
-def workers_policy(settings: Settings, body: Body) -> dict[str, Any]:
-    """Who may reach the cluster's worker pods (Kubernetes backend): its own scheduler and its
-    own workers, nothing else. The chart's worker policy admits nothing and opens the egress."""
+def _workers_policy(
+    settings: Settings, body: Body, name: str, direction: str, peers: str
+) -> dict[str, Any]:
+    own_cluster = {"podSelector": {"matchLabels": {LABEL_CLUSTER: cluster_id(body)}}}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(settings, body, f"{cluster_id(body)}-workers", WORKER),
+        "metadata": _metadata(settings, body, name, WORKER),
         "spec": {
             "podSelector": {
                 "matchLabels": {LABEL_CLUSTER: cluster_id(body), LABEL_COMPONENT: WORKER}
             },
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {"from": [{"podSelector": {"matchLabels": {LABEL_CLUSTER: cluster_id(body)}}}]}
-            ],
+            "policyTypes": [direction],
+            direction.lower(): [{peers: [own_cluster]}],
         },
     }
+
+
+def workers_policy(settings: Settings, body: Body) -> dict[str, Any]:
+    """Who may reach the cluster's worker pods (Kubernetes backend): its own scheduler and its
+    own workers, nothing else. The chart's worker policy admits nothing."""
+    return _workers_policy(settings, body, f"{cluster_id(body)}-workers", "Ingress", "from")
+
+
+def workers_egress_policy(settings: Settings, body: Body) -> dict[str, Any]:
+    """Which pods the cluster's workers may reach beyond what the chart's worker policy opens
+    (DNS, the edge, XCache, the site's extra egress): their own cluster's, nothing else. A
+    policy of its own, so that clusters made before it get it when the operator resumes them."""
+    return _workers_policy(settings, body, f"{cluster_id(body)}-workers-egress", "Egress", "to")

@@ -261,3 +261,16 @@ def test_the_operator_reads_its_values_without_the_hubs_secrets() -> None:
         if "secret" in v
     ]
     assert not [name for name in secrets if name.endswith("-hub-values")], secrets
+
+
+def test_the_chart_lets_no_worker_reach_another_clusters_pods() -> None:
+    """The chart's worker policy opens DNS, the edge, XCache and the site's extra egress, and
+    names no Dask pod: each cluster's own egress policy (the operator's) adds its own pods."""
+    (worker,) = [
+        o for o in rendered(VALUES_DIR / "defaults.yaml")
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-dask-worker")
+    ]  # fmt: skip
+    peers = [peer for rule in worker["spec"]["egress"] for peer in rule.get("to", [])]
+    components = {p["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
+                  for p in peers if "podSelector" in p}  # fmt: skip
+    assert components == {"edge", "xcache"}, components

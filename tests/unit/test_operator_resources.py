@@ -392,3 +392,15 @@ def test_a_clusters_workers_admit_their_own_cluster_alone() -> None:
     own_cluster = {"podSelector": {"matchLabels": {"facility.hep.io/cluster": "alice-x1y2z"}}}
     assert rule == {"from": [own_cluster]}
     assert policy["metadata"]["ownerReferences"][0]["kind"] == "DaskCluster"
+
+
+def test_a_clusters_workers_reach_their_own_cluster_alone() -> None:
+    """Beyond DNS, the edge, XCache and the site's extra egress (the chart's worker policy,
+    which names no worker: tests/chart/test_objects.py): their own cluster's pods alone."""
+    policy = res.workers_egress_policy(settings(), cluster())
+    assert policy["metadata"]["name"] == "alice-x1y2z-workers-egress"
+    assert policy["spec"]["podSelector"] == res.workers_policy(settings(), cluster())["spec"][
+        "podSelector"]  # fmt: skip
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    own_cluster = {"podSelector": {"matchLabels": {"facility.hep.io/cluster": "alice-x1y2z"}}}
+    assert policy["spec"]["egress"] == [{"to": [own_cluster]}]
