@@ -158,17 +158,18 @@ def worker_pod(namespace: str, name: str, cluster_id: str) -> None:
     kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
 
-OBJECTS = {
-    "secret": f"{CLUSTER}-tls",
-    "pod": f"{CLUSTER}-scheduler",
-    "service": f"{CLUSTER}-scheduler",
-    "networkpolicy": f"{CLUSTER}-workers",
-}
+OBJECTS = (
+    ("secret", f"{CLUSTER}-tls"),
+    ("pod", f"{CLUSTER}-scheduler"),
+    ("service", f"{CLUSTER}-scheduler"),
+    ("networkpolicy", f"{CLUSTER}-workers"),
+    ("networkpolicy", f"{CLUSTER}-workers-egress"),
+)
 
 
 def all_objects(namespace: str) -> Callable[[], dict[str, dict[str, Any]] | None]:
     def found() -> dict[str, dict[str, Any]] | None:
-        objs = {kind: get(namespace, kind, name) for kind, name in OBJECTS.items()}
+        objs = {f"{kind}/{name}": get(namespace, kind, name) for kind, name in OBJECTS}
         return objs if all(objs.values()) else None  # type: ignore[return-value]
 
     return found
@@ -192,7 +193,7 @@ def test_cluster_becomes_its_objects_with_owners_labels_and_status(
     operator: Operator, namespace: str, api: client.ApiClient
 ) -> None:
     dask_cluster(namespace)
-    objs = wait_for(all_objects(namespace), "the cluster's four objects")
+    objs = wait_for(all_objects(namespace), "the cluster's objects")
     owner = get(namespace, DASK_CLUSTERS, CLUSTER)
     assert owner is not None
     for kind, obj in objs.items():  # type: ignore[union-attr]
@@ -294,23 +295,23 @@ def test_killed_operator_restarts_without_duplicates_and_keeps_the_ca(
     )
     next(iter(stream))
     operator.kill()
-    made_before = {kind: get(namespace, kind, name) for kind, name in OBJECTS.items()}
+    made_before = {(kind, name): get(namespace, kind, name) for kind, name in OBJECTS}
     print("made before the kill:", sorted(k for k, v in made_before.items() if v))
     tls_before = secret_text(api, namespace, f"{CLUSTER}-tls")
 
     operator.start()
-    wait_for(all_objects(namespace), "the cluster's five objects after the restart")
-    for kind in OBJECTS:
-        assert names(namespace, kind) == [OBJECTS[kind]], kind
+    wait_for(all_objects(namespace), "the cluster's objects after the restart")
+    for kind in {kind for kind, _ in OBJECTS}:
+        assert names(namespace, kind) == sorted(n for k, n in OBJECTS if k == kind), kind
     # Nothing made before the kill was replaced: the cluster keeps its identity, the
     # facility its CA.
     assert secret_text(api, namespace, f"{CLUSTER}-tls") == tls_before
     assert secret_text(api, namespace, f"{FULLNAME}-dask-ca") == ca_before
-    for kind, obj in made_before.items():
+    for (kind, name), obj in made_before.items():
         if obj:
-            now = get(namespace, kind, OBJECTS[kind])
+            now = get(namespace, kind, name)
             assert now is not None
-            assert now["metadata"]["uid"] == obj["metadata"]["uid"], kind
+            assert now["metadata"]["uid"] == obj["metadata"]["uid"], (kind, name)
 
 
 def worker_pods(namespace: str) -> dict[str, dict[str, Any]]:
@@ -336,7 +337,7 @@ def cluster_status(namespace: str) -> dict[str, Any]:
 
 def test_the_operator_makes_and_removes_the_worker_pods(operator: Operator, namespace: str) -> None:
     dask_cluster(namespace, minWorkers=0, maxWorkers=0)
-    wait_for(all_objects(namespace), "the cluster's five objects")
+    wait_for(all_objects(namespace), "the cluster's objects")
     owner = get(namespace, DASK_CLUSTERS, CLUSTER)
     assert owner is not None
     scale(namespace, 3)
@@ -383,7 +384,7 @@ def test_operator_killed_in_a_scale_up_applies_it_after_restart(
     operator comes back: the restart resumes from the spec, not from events it missed, and makes
     no second scheduler and no duplicate worker."""
     dask_cluster(namespace, minWorkers=1, maxWorkers=1)
-    wait_for(all_objects(namespace), "the cluster's five objects")
+    wait_for(all_objects(namespace), "the cluster's objects")
     wait_for(lambda: len(worker_pods(namespace)) == 1, "1 worker pod")
     scheduler_uid = get(namespace, "pod", f"{CLUSTER}-scheduler")["metadata"]["uid"]  # type: ignore[index]
     operator.kill()
@@ -400,7 +401,7 @@ def test_delete_removes_worker_pods_then_everything_goes(
     operator: Operator, namespace: str
 ) -> None:
     dask_cluster(namespace, minWorkers=1, maxWorkers=1)
-    wait_for(all_objects(namespace), "the cluster's five objects")
+    wait_for(all_objects(namespace), "the cluster's objects")
     wait_for(lambda: len(worker_pods(namespace)) == 1, "the worker pod")
     cluster = get(namespace, DASK_CLUSTERS, CLUSTER)
     assert cluster is not None
@@ -410,7 +411,7 @@ def test_delete_removes_worker_pods_then_everything_goes(
     wait_for(lambda: get(namespace, DASK_CLUSTERS, CLUSTER) is None, "the DaskCluster to go")
     wait_for(lambda: not worker_pods(namespace), "the worker pods to go")
     wait_for(
-        lambda: not any(get(namespace, kind, name) for kind, name in OBJECTS.items()),
+        lambda: not any(get(namespace, kind, name) for kind, name in OBJECTS),
         "the garbage collector to remove the cluster's objects",
     )
 
@@ -432,7 +433,7 @@ def test_sweep_removes_worker_pods_of_gone_clusters(operator: Operator, namespac
 
 def test_scheduler_that_ended_ends_its_cluster(operator: Operator, namespace: str) -> None:
     dask_cluster(namespace)
-    wait_for(all_objects(namespace), "the cluster's five objects")
+    wait_for(all_objects(namespace), "the cluster's objects")
     # Dask's idle timeout closes the scheduler and the pod succeeds (kwok keeps a patched
     # status: it runs no container).
     kubectl(
@@ -444,7 +445,7 @@ def test_scheduler_that_ended_ends_its_cluster(operator: Operator, namespace: st
         "the operator to delete the cluster whose scheduler ended",
     )
     wait_for(
-        lambda: not any(get(namespace, kind, name) for kind, name in OBJECTS.items()),
+        lambda: not any(get(namespace, kind, name) for kind, name in OBJECTS),
         "the garbage collector to remove the cluster's objects",
     )
 
@@ -528,7 +529,7 @@ def operator_with_role(crds: None, namespace: str, tmp_path: Path) -> Iterator[O
 def test_the_charts_role_is_enough(operator_with_role: Operator, namespace: str) -> None:
     """The CA, a cluster's objects, its status, its deletion through the finalizer."""
     dask_cluster(namespace)
-    wait_for(all_objects(namespace), "the cluster's five objects")
+    wait_for(all_objects(namespace), "the cluster's objects")
     wait_for(
         lambda: (
             (get(namespace, DASK_CLUSTERS, CLUSTER) or {}).get("status", {}).get("phase")
