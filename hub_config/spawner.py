@@ -103,6 +103,9 @@ def environment(facility: Facility) -> dict[str, str]:
         "FACILITY_OPERATOR_URL": operator_url(facility),
         "FACILITY_DASK_DOMAIN": edge["dask"]["domain"],
         "FACILITY_DASK_PORT": str(edge["service"]["port"]),
+        # Inside the cluster every client reaches the edge by its Service and sends the
+        # cluster's name as SNI: no wildcard DNS for the Dask domain is needed there.
+        "FACILITY_EDGE_HOST": f"{names['edge']}.{facility.namespace}.svc",
         "FACILITY_NAMESPACE": facility.namespace,
         **cache,
         # The hub's token service, through the proxy (see hub_config.token_service).

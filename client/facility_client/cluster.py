@@ -27,6 +27,8 @@ It is also dask-labextension's cluster factory (images/analysis/dask-labextensio
 
 Where the public name `<cluster-id>.<dask-domain>` does not resolve (no wildcard DNS), pass
 `edge_host`: the client dials that host at the public port and sends the cluster's name as SNI.
+In a notebook of the facility it defaults to $FACILITY_EDGE_HOST, the edge's in-cluster
+Service (set by the hub's spawner), so `FacilityCluster()` needs no argument there.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ class FacilityCluster(Cluster):
         # Whatever is left out, the API fills in with the facility's defaults.
         self._request = {key: value for key, value in request.items() if value not in (None, {})}
         self._connect_only = name is not None
-        self._edge_host = edge_host
+        # In a notebook of the facility: its edge's in-cluster name (set by the hub's spawner).
+        self._edge_host = edge_host or os.environ.get("FACILITY_EDGE_HOST") or None
         self._api_url = (api_url or os.environ["FACILITY_OPERATOR_URL"]).rstrip("/")
         self._api_token = api_token or os.environ["JUPYTERHUB_API_TOKEN"]
         self._timeout = timeout

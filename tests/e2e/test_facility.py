@@ -390,15 +390,16 @@ def test_a_user_logs_in_through_the_edge_and_gets_jupyterlab(
 
 
 # Run in alice's notebook pod (kubectl exec), as a notebook cell would: the client library of
-# the analysis image, the pod's own environment (the operator's URL, the user's hub token).
-# No DNS resolves <cluster>.<dask domain> here: the client dials the edge's Service and sends
-# the cluster's name as SNI (edge_host), as the workers do (operator.backends.kubernetes).
+# the analysis image, the pod's own environment (the operator's URL, the user's hub token, the
+# edge's in-cluster name). No DNS resolves <cluster>.<dask domain> here: with no argument the
+# client dials the edge's Service ($FACILITY_EDGE_HOST) and sends the cluster's name as SNI, as
+# the workers do (operator.backends.kubernetes).
 # It prints its result, then waits for a line on stdin before it closes the cluster, so that
 # the test can look at the scheduler pod meanwhile.
-DASK_IN_THE_NOTEBOOK = f"""
+DASK_IN_THE_NOTEBOOK = """
 import json, sys, time
 from facility_client.cluster import FacilityCluster
-with FacilityCluster(edge_host="{FULLNAME}-edge.{NAMESPACE}.svc", timeout=300) as cluster:
+with FacilityCluster(timeout=300) as cluster:  # the edge's address from the notebook's env
     cluster.scale(1)
     with cluster.get_client() as client:
         client.wait_for_workers(1, timeout=300)
@@ -416,10 +417,10 @@ with FacilityCluster(edge_host="{FULLNAME}-edge.{NAMESPACE}.svc", timeout=300) a
         if len(connected) == 2 or (len(connected) == 1 and waiting):
             break
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the second worker: {{seen}}")
+            raise TimeoutError(f"the second worker: {seen}")
         time.sleep(1)
-    print(json.dumps({{"id": cluster.name, "sum": total, "workers": workers, "seen": seen,
-                      "dashboard": cluster.dashboard_link}}))
+    print(json.dumps({"id": cluster.name, "sum": total, "workers": workers, "seen": seen,
+                      "dashboard": cluster.dashboard_link}))
     sys.stdout.flush()
     sys.stdin.readline()
 """
@@ -686,7 +687,7 @@ out["dashboard_link"] = brief(request("GET", target["proxy"] + target["dashboard
 out["alice_server"] = brief(request("GET", target["proxy"] + "/user/alice/api/contents"))[0]
 out["reach"] = {name: reach(host, port) for name, (host, port) in target["pods"].items()}
 
-with FacilityCluster(edge_host=target["edge"], timeout=300) as cluster:
+with FacilityCluster(timeout=300) as cluster:
     cluster.scale(1)
     with cluster.get_client() as client:
         client.wait_for_workers(1, timeout=300)

@@ -197,6 +197,8 @@ def test_user_pods(kubeconfig: None) -> None:
     assert pod.extra_labels["app.kubernetes.io/component"] == "singleuser-server"
     assert pod.environment["FACILITY_DASK_DOMAIN"] == "dask.af.example.org"
     assert pod.environment["FACILITY_OPERATOR_URL"] == "http://af-facility-operator.facility:8000"
+    # FacilityCluster() in a notebook dials the edge by its Service (no wildcard DNS needed).
+    assert pod.environment["FACILITY_EDGE_HOST"] == "af-facility-edge.facility.svc"
     assert "FACILITY_XCACHE" not in pod.environment  # no XCache in these values
     xcache = {"enabled": True, "port": 11094, "origin": {"host": "origin.example.org"}}
     cached = build({"devMode": True, "xcache": xcache})
