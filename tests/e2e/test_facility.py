@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,6 +390,37 @@ def test_a_user_logs_in_through_the_edge_and_gets_jupyterlab(
     assert status.status_code == 200, status.text
 
 
+@contextmanager
+def notebook_script(
+    facility: Facility, user: str, name: str, script: str, *args: str
+) -> Iterator[Any]:
+    """`script` in the user's notebook pod (kubectl exec), as a notebook cell runs: yields the
+    JSON it prints first, and keeps it running (its cluster open) until the block ends; then
+    it must end well."""
+    # The script's errors to a file: a pipe nobody reads could fill and stall it.
+    errors = (facility.work / f"{name}.err").open("w+")
+    process = subprocess.Popen(
+        [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec", "-i",
+         "-n", NAMESPACE, f"jupyter-{user}", "--", "python3", "-c", script, *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stdin is not None
+    line = process.stdout.readline()  # the result, or "" if the script ended with an error
+    if not line:
+        process.wait(timeout=60)
+        errors.seek(0)
+        pytest.fail(f"{name} failed in {user}'s notebook:\n{errors.read()[-4000:]}")
+    try:
+        yield json.loads(line)
+    finally:
+        process.stdin.write("\n")
+        process.stdin.close()
+        code = process.wait(timeout=300)
+    errors.seek(0)
+    assert code == 0, errors.read()[-3000:]
+
+
 # Run in alice's notebook pod (kubectl exec), as a notebook cell would: the client library of
 # the analysis image, the pod's own environment (the operator's URL, the user's hub token, the
 # edge's in-cluster name). No DNS resolves <cluster>.<dask domain> here: with no argument the
@@ -447,23 +479,8 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
     nothing of the cluster is left."""
     if not (server(facility) or {}).get("ready"):
         start_server(facility)
-    # The script's errors to a file: a pipe nobody reads could fill and stall it.
-    errors = (facility.work / "dask-notebook.err").open("w+")
-    notebook = subprocess.Popen(
-        [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec", "-i",
-         "-n", NAMESPACE, f"jupyter-{USER}", "--", "python3", "-c", DASK_IN_THE_NOTEBOOK],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
-    )  # fmt: skip
-    assert notebook.stdout is not None
-    assert notebook.stdin is not None
-    line = notebook.stdout.readline()  # the result, or "" if the script ended with an error
-    if not line:
-        notebook.wait(timeout=60)
-        errors.seek(0)
-        pytest.fail(f"the notebook's script failed:\n{errors.read()[-4000:]}")
-    result = json.loads(line)
-    cluster_id = result["id"]
-    try:
+    with notebook_script(facility, USER, "dask-notebook", DASK_IN_THE_NOTEBOOK) as result:
+        cluster_id = result["id"]
         assert result["sum"] == sum(x * x for x in range(100))
         assert cluster_id.startswith(f"{USER}-")
         assert result["workers"] == [f"{cluster_id}-default-0"]
@@ -482,7 +499,7 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
         probe = subprocess.run(
             [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec",
              "-n", NAMESPACE, scheduler, "--", "python", "-c",
-             "import os; print(os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount'))"],
+             SERVICE_ACCOUNT_MOUNTED],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert probe.stdout.strip() == "False", probe.stdout + probe.stderr
@@ -536,12 +553,6 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
             capture_output=True, text=True, timeout=120, check=True,
         ).stdout)  # fmt: skip
         assert not any(escape.values()), escape
-    finally:
-        notebook.stdin.write("\n")
-        notebook.stdin.close()
-        code = notebook.wait(timeout=300)
-        errors.seek(0)
-        assert code == 0, errors.read()[-3000:]
     # close(): the operator's finalizer, then the garbage collector: no pod, Service, Secret,
     # route or DaskCluster of it remains.
     wait_for(
@@ -549,8 +560,12 @@ def test_a_notebook_gets_a_dask_cluster_through_the_edge(facility: Facility) -> 
     )
 
 
-# Which addresses a pod can open a TCP connection to (3 s each; a dropped one times out).
-REACH = """
+# Whether a pod has a ServiceAccount token mounted (prints True or False).
+SERVICE_ACCOUNT_MOUNTED = (
+    "import os; print(os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount'))"
+)
+# Whether a pod can open a TCP connection to an address (3 s; a dropped one times out).
+REACH_FUNCTION = """
 import json, socket, sys
 def reach(host, port):
     try:
@@ -558,8 +573,14 @@ def reach(host, port):
         return True
     except OSError:
         return False
+"""
+# Which of the addresses in sys.argv[1] a pod can reach.
+REACH = (
+    REACH_FUNCTION
+    + """
 print(json.dumps({f"{h}:{p}": reach(h, p) for h, p in json.loads(sys.argv[1])}))
 """
+)
 
 
 def pod_ip(facility: Facility, component: str, cluster: str = "", user: str = "") -> str:
@@ -608,8 +629,10 @@ def test_network_policies_keep_a_notebook_to_what_it_needs(facility: Facility) -
 # cluster's credentials), against alice (sys.argv[1]: her cluster and pods). Prints what each
 # attempt answered, then keeps bob's cluster open until a line comes on stdin, so that the test
 # can try from inside bob's scheduler and worker too.
-BOB_ATTACKS = r"""
-import json, os, socket, ssl, sys, tempfile, urllib.error, urllib.request
+BOB_ATTACKS = (
+    REACH_FUNCTION
+    + r"""
+import os, ssl, tempfile, urllib.error, urllib.request
 from facility_client.cluster import FacilityCluster
 
 target = json.loads(sys.argv[1])
@@ -639,13 +662,6 @@ def brief(answer):
         return [status, json.loads(text).get("error", text[:200])]
     except (ValueError, AttributeError):
         return [status, text[:200]]
-
-def reach(host, port):
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 def handshake(sni, cert, key, ca=None):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -711,6 +727,7 @@ with FacilityCluster(timeout=300) as cluster:
     sys.stdout.flush()
     sys.stdin.readline()
 """
+)
 
 
 def user_token(facility: Facility, user: str) -> str:
@@ -793,85 +810,68 @@ def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
         "proxy": f"http://{FULLNAME}-proxy-http.{NAMESPACE}:8000",
         "dashboard": f"/user/{USER}/proxy/{scheduler}.{NAMESPACE}:8787/status", "pods": pods,
     }  # fmt: skip
-    errors = (facility.work / "bob-attacks.err").open("w+")
-    attack = subprocess.Popen(
-        [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec", "-i",
-         "-n", NAMESPACE, f"jupyter-{ATTACKER}", "--", "python3", "-c", BOB_ATTACKS,
-         json.dumps(target)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
-    )  # fmt: skip
-    assert attack.stdout is not None
-    assert attack.stdin is not None
-    line = attack.stdout.readline()
-    if not line:
-        attack.wait(timeout=60)
-        errors.seek(0)
-        pytest.fail(f"bob's script failed:\n{errors.read()[-4000:]}")
-    seen = json.loads(line)
-    report_attacks = facility.work / "bob-attacks.json"
-    report_attacks.write_text(json.dumps(seen, indent=2))
     try:
-        # From bob's notebook: no Kubernetes credential, and no way to the API server (the
-        # notebooks' policy; kube-router, the enforcer here, rejects the connection).
-        assert seen["service_account"] is False
-        for attempt in ("kube_list_secrets", "kube_create_pod"):
-            assert seen[attempt] == ["unreachable", "<urlopen error [Errno 111] Connection "
-                                     "refused>"], seen[attempt]  # fmt: skip
-        # alice's cluster through the user API: as if it did not exist.
-        gone = [404, f"no cluster {cluster_id}"]
-        assert seen["api"] == dict.fromkeys(
-            ("get", "credentials", "workers", "scale", "delete"), gone
-        ), seen["api"]
-        # The token service hands the caller their own token alone, whoever they name.
-        assert seen["token_service"] == [200, ATTACKER], seen["token_service"]
-        assert seen["hub_user"] == 404
-        # alice's dashboard link and her server: her server refuses bob's token.
-        assert (seen["dashboard_link"], seen["alice_server"]) == (403, 403), seen
-        assert seen["reach"] == {
-            "kubernetes": False,
-            "alice's scheduler (Dask)": False,
-            "alice's scheduler (dashboard)": False,
-            "alice's notebook": False,
-            "the hub's API": True,  # every server reports to the hub; its token decides
-            "the proxy's route API": False,
-            "the operator's user API": True,  # the user API; the token decides (above)
-            "the operator's edge routes": False,
-        }, seen["reach"]
-        # TLS through the edge: bob's own scheduler accepts his certificate; alice's refuses it.
-        assert seen["handshake"] == {
-            "bob at his own scheduler": "accepted",
-            "bob at alice's scheduler": "TLSV1_ALERT_UNKNOWN_CA",
-        }, seen["handshake"]
-        # Past his quota: refused, naming the limit; his cluster is as it was.
-        assert seen["quota"][0] == 403, seen["quota"]
-        assert seen["quota"][1].startswith(f"quota exceeded: at most 50 workers for {ATTACKER}")
-        assert seen["after_quota"]["maxWorkers"] == 1
+        with notebook_script(facility, ATTACKER, "bob-attacks", BOB_ATTACKS,
+                             json.dumps(target)) as seen:  # fmt: skip
+            (facility.work / "bob-attacks.json").write_text(json.dumps(seen, indent=2))
+            # From bob's notebook: no Kubernetes credential, and no way to the API server (the
+            # notebooks' policy; kube-router, the enforcer here, rejects the connection).
+            assert seen["service_account"] is False
+            for attempt in ("kube_list_secrets", "kube_create_pod"):
+                assert seen[attempt] == ["unreachable", "<urlopen error [Errno 111] Connection "
+                                         "refused>"], seen[attempt]  # fmt: skip
+            # alice's cluster through the user API: as if it did not exist.
+            gone = [404, f"no cluster {cluster_id}"]
+            assert seen["api"] == dict.fromkeys(
+                ("get", "credentials", "workers", "scale", "delete"), gone
+            ), seen["api"]
+            # The token service hands the caller their own token alone, whoever they name.
+            assert seen["token_service"] == [200, ATTACKER], seen["token_service"]
+            assert seen["hub_user"] == 404
+            # alice's dashboard link and her server: her server refuses bob's token.
+            assert (seen["dashboard_link"], seen["alice_server"]) == (403, 403), seen
+            assert seen["reach"] == {
+                "kubernetes": False,
+                "alice's scheduler (Dask)": False,
+                "alice's scheduler (dashboard)": False,
+                "alice's notebook": False,
+                "the hub's API": True,  # every server reports to the hub; its token decides
+                "the proxy's route API": False,
+                "the operator's user API": True,  # the user API; the token decides (above)
+                "the operator's edge routes": False,
+            }, seen["reach"]
+            # TLS through the edge: bob's own scheduler accepts his certificate; alice's refuses it.
+            assert seen["handshake"] == {
+                "bob at his own scheduler": "accepted",
+                "bob at alice's scheduler": "TLSV1_ALERT_UNKNOWN_CA",
+            }, seen["handshake"]
+            # Past his quota: refused, naming the limit; his cluster is as it was.
+            assert seen["quota"][0] == 403, seen["quota"]
+            assert seen["quota"][1].startswith(f"quota exceeded: at most 50 workers for {ATTACKER}")
+            assert seen["after_quota"]["maxWorkers"] == 1
 
-        # alice's client shown bob's scheduler (SNI of bob's cluster): her client refuses it.
-        credentials = requests.get(f"{alices}/credentials", headers=alice, verify=False,
-                                   timeout=30).json()  # fmt: skip
-        assert handshake_at_edge(facility, f"{seen['own_cluster']}.{domain}", credentials) == (
-            "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate"
-        )
-        assert handshake_at_edge(facility, target["sni"], credentials) == "accepted"
+            # alice's client shown bob's scheduler (SNI of bob's cluster): her client refuses it.
+            credentials = requests.get(f"{alices}/credentials", headers=alice, verify=False,
+                                       timeout=30).json()  # fmt: skip
+            assert handshake_at_edge(facility, f"{seen['own_cluster']}.{domain}", credentials) == (
+                "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate"
+            )
+            assert handshake_at_edge(facility, target["sni"], credentials) == "accepted"
 
-        # From inside bob's scheduler and his worker: nothing of alice's, no Kubernetes API.
-        bobs = seen["own_cluster"]
-        for where in (f"{bobs}-scheduler", f"{bobs}-default-0"):
-            reached = json.loads(facility.kubectl(
-                "exec", "-n", NAMESPACE, where, "--", "python", "-c", REACH,
-                json.dumps(list(pods.values())),
-            ))  # fmt: skip
-            assert not any(reached.values()), (where, reached)
-            probe = facility.kubectl(
-                "exec", "-n", NAMESPACE, where, "--", "python", "-c",
-                "import os; print(os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount'))",
-            )  # fmt: skip
-            assert probe.strip() == "False", where
+            # From inside bob's scheduler and his worker: nothing of alice's, no Kubernetes API.
+            bobs = seen["own_cluster"]
+            for where in (f"{bobs}-scheduler", f"{bobs}-default-0"):
+                reached = json.loads(facility.kubectl(
+                    "exec", "-n", NAMESPACE, where, "--", "python", "-c", REACH,
+                    json.dumps(list(pods.values())),
+                ))  # fmt: skip
+                assert not any(reached.values()), (where, reached)
+                probe = facility.kubectl(
+                    "exec", "-n", NAMESPACE, where, "--", "python", "-c",
+                    SERVICE_ACCOUNT_MOUNTED,
+                )  # fmt: skip
+                assert probe.strip() == "False", where
     finally:
-        attack.stdin.write("\n")
-        attack.stdin.close()
-        attack.wait(timeout=300)
         requests.delete(alices, headers=alice, verify=False, timeout=30)
         stop_server(facility, ATTACKER)  # room on the node for the tests after this one
     wait_for(lambda: not dask_objects(facility, cluster_id), "alice's cluster to go", 180)
