@@ -594,6 +594,25 @@ def pod_ip(facility: Facility, component: str, cluster: str = "", user: str = ""
     return str(pod["status"]["podIP"])
 
 
+def test_the_internet_facing_edge_holds_no_token_and_reaches_no_api_server(
+    facility: Facility,
+) -> None:
+    """Mode: real node. Inside the edge's pod, as someone who took over Traefik would be: no
+    ServiceAccount token, and the API server cannot be reached (its policy opens DNS, the
+    proxy, the schedulers and the operator's routes port alone)."""
+    (edge,) = facility.json(
+        "get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=edge"
+    )["items"]
+    # The edge image has bash and coreutils, not Python: bash's /dev/tcp opens the connection.
+    inside = facility.kubectl(
+        "exec", "-n", NAMESPACE, edge["metadata"]["name"], "--", "bash", "-c",
+        "test -e /var/run/secrets/kubernetes.io/serviceaccount && echo token || echo no-token; "
+        "timeout 5 bash -c '</dev/tcp/kubernetes.default.svc/443' 2>/dev/null "
+        "&& echo api-server || echo no-api-server",
+    )  # fmt: skip
+    assert inside.split() == ["no-token", "no-api-server"], inside
+
+
 def test_network_policies_keep_a_notebook_to_what_it_needs(facility: Facility) -> None:
     """Mode: real node, NetworkPolicies enforced (kube-router's firewall). alice's notebook pod
     reaches the hub's API and the proxy's public port, as it must; it cannot reach the proxy's
