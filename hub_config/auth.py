@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from hub_config.facility import ConfigError, Facility
 # Where the chart puts the OAuth client when it comes from auth.existingSecret.
 CLIENT_ID_ENV = "FACILITY_OAUTH_CLIENT_ID"
 CLIENT_SECRET_ENV = "FACILITY_OAUTH_CLIENT_SECRET"
+# Where the chart puts the provider's CA bundle (auth.oidc.caBundle), when there is one.
+OIDC_CA_ENV = "FACILITY_OIDC_CA_FILE"
 
 
 @dataclass(frozen=True)
@@ -105,42 +108,54 @@ def cern(auth: dict[str, Any]) -> Preset:
 
 def oidc(auth: dict[str, Any]) -> Preset:
     settings = auth["oidc"]
-    urls = {
-        "authorize_url": settings["authorizeUrl"],
-        "token_url": settings["tokenUrl"],
-        "userdata_url": settings["userdataUrl"],
-    }
+    from_id_token = settings["userdataFromIdToken"]
+    if from_id_token and settings["userdataUrl"]:
+        raise ConfigError(
+            "auth.oidc.userdataFromIdToken reads the claims from the ID token, and "
+            "auth.oidc.userdataUrl from the userinfo endpoint: set one of them"
+        )
+    endpoints = {"authorize_url": "authorization_endpoint", "token_url": "token_endpoint"}
+    urls = {"authorize_url": settings["authorizeUrl"], "token_url": settings["tokenUrl"]}
+    if not from_id_token:
+        endpoints["userdata_url"] = "userinfo_endpoint"
+        urls["userdata_url"] = settings["userdataUrl"]
+    ca_file = os.environ.get(OIDC_CA_ENV, "")
     if not all(urls.values()):
-        discovered = discover(settings["issuer"])
-        keys = {"authorize_url": "authorization_endpoint", "token_url": "token_endpoint",
-                "userdata_url": "userinfo_endpoint"}  # fmt: skip
-        urls = {trait: url or discovered[keys[trait]] for trait, url in urls.items()}
-    traits = {
+        discovered = discover(settings["issuer"], list(endpoints.values()), ca_file)
+        urls = {trait: url or discovered[endpoints[trait]] for trait, url in urls.items()}
+    traits: dict[str, Any] = {
         "login_service": "OpenID Connect",
         **urls,
         "username_claim": settings["usernameClaim"],
         "scope": settings["scopes"],
     }
+    if from_id_token:
+        traits["userdata_from_id_token"] = True
+    if ca_file:
+        traits["http_request_kwargs"] = {"ca_certs": ca_file}
     return Preset(GENERIC, "oauth_user", auth["groupsClaim"] or "groups", traits)
 
 
-def discover(issuer: str) -> dict[str, str]:
-    """The issuer's discovery document (OpenID Connect Discovery 1.0)."""
+def discover(issuer: str, needed: list[str], ca_file: str = "") -> dict[str, str]:
+    """The issuer's discovery document (OpenID Connect Discovery 1.0), which must name the
+    `needed` endpoints; over HTTPS checked against ca_file when given."""
     if not issuer:
         raise ConfigError(
             "auth.oidc.issuer is empty: set it, or all of auth.oidc.authorizeUrl, tokenUrl and "
             "userdataUrl"
         )
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    context = ssl.create_default_context(cafile=ca_file or None)
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
             document = json.load(response)
     except (urllib.error.URLError, OSError, ValueError) as error:
+        hint = "" if ca_file else " (a private CA: set auth.oidc.caBundle)"
         raise ConfigError(
             f"auth.oidc.issuer: cannot read the discovery document {url}: {error}"
+            + (hint if "CERTIFICATE_VERIFY_FAILED" in str(error) else "")
         ) from error
-    missing = [key for key in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint")
-               if key not in document]  # fmt: skip
+    missing = [key for key in needed if key not in document]
     if missing:
         raise ConfigError(f"auth.oidc.issuer: {url} lacks {', '.join(missing)}")
     return document

@@ -18,6 +18,8 @@ from hub_config.services import SERVER_TOKEN_SCOPES, operator_url
 HOME = "/home/jovyan"
 # The CA of XCache's TLS certificate (ca.crt of xcache.tls.secretName), for the XRootD client:
 # a plain PEM file works as X509_CERT_FILE, where X509_CERT_DIR would need a hashed folder.
+# facility_client.contract.XCACHE_CA_DIR (the hub image has no client library; a unit test
+# holds the two equal).
 XCACHE_CA_DIR = "/etc/facility/xcache-ca"
 UID = 1000
 GID = 100  # the "users" group of Jupyter images, which also owns the home volume

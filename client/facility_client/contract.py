@@ -48,6 +48,10 @@ WORKER_TLS_FILES = (CLUSTER_CA_FILE, CERT_FILE, KEY_FILE)
 # the WLCG bearer-token discovery looks ($BEARER_TOKEN_FILE).
 USER_TOKEN_DIR = "/etc/facility/token"
 USER_TOKEN_KEY = "token"
+# XCache's CA (ca.crt of xcache.tls.secretName, without the key), in notebooks and in a
+# cluster's pods, where $X509_CERT_FILE points the XRootD client.
+XCACHE_CA_DIR = "/etc/facility/xcache-ca"
+XCACHE_CA_FILE = f"{XCACHE_CA_DIR}/ca.crt"
 
 # The programs the operator starts in a cluster's pods and jobs.
 SCHEDULER_MODULE = "facility_client.scheduler"

@@ -68,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs --url (or FACILITY_TOKENS_URL) and JUPYTERHUB_API_TOKEN")
     path = args.file or token_file()
     while True:
-        write(path, fetch(args.url, api_token))
+        try:
+            write(path, fetch(args.url, api_token))
+        except (SystemExit, OSError) as error:
+            if args.once or not args.every:
+                raise
+            # Kept running: the hub may be restarting; the token in the file is still valid.
+            print(f"facility-token: {error}; again in {args.every:.0f}s", file=sys.stderr)
         if args.once or not args.every:
             print(f"access token written to {path}")
             return 0

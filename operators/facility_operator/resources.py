@@ -37,6 +37,7 @@ from facility_client.contract import (
     WORKER,
 )
 
+from facility_operator.backends.base import xcache_ca
 from facility_operator.certs import ClusterIdentity, KeyPair
 from facility_operator.names import user_slug
 from facility_operator.settings import Settings
@@ -204,12 +205,14 @@ def _environment(settings: Settings, body: Body) -> list[dict[str, str]]:
     }
     if settings.xcache:
         env[ENV_XCACHE] = settings.xcache
+    env.update(xcache_ca(settings.xcache_tls_secret).env)
     return [{"name": name, "value": value} for name, value in env.items()]
 
 
-def _volumes(body: Body) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts): the cluster's TLS Secret, the user's token, a writable /tmp. Nothing
-    else: the scheduler runs the user's code, so it holds only what is the user's own."""
+def _volumes(settings: Settings, body: Body) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts): the cluster's TLS Secret, the user's token, a writable /tmp, and
+    XCache's CA. Nothing else: the scheduler runs the user's code, so it holds only what is the
+    user's own."""
     # 0440 with fsGroup 1000: readable by the scheduler's user, which does not own the files.
     secret_mode = 0o440
     volumes: list[dict[str, Any]] = [
@@ -229,13 +232,14 @@ def _volumes(body: Body) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "user-token", "mountPath": USER_TOKEN_DIR, "readOnly": True},
     ]
-    return volumes, mounts
+    ca = xcache_ca(settings.xcache_tls_secret)
+    return volumes + ca.volumes, mounts + ca.mounts
 
 
 def scheduler_pod(settings: Settings, body: Body) -> dict[str, Any]:
     """The scheduler: Pod Security "restricted", no Kubernetes token, no batch credential."""
     image = body["spec"]["worker"].get("image") or settings.worker_image
-    volumes, mounts = _volumes(body)
+    volumes, mounts = _volumes(settings, body)
     pod_spec: dict[str, Any] = {
         # Never: when Dask's idle timeout closes the scheduler the pod succeeds, and the
         # operator then deletes the cluster.

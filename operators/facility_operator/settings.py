@@ -74,6 +74,8 @@ class Settings:
     # The SLURM backend's JWT key in the operator's pod (FACILITY_SLURM_JWT_KEY_FILE, set by
     # the chart where backends.slurm.jwtKeySecret is), or "".
     slurm_jwt_key_file: str = ""
+    # XCache's TLS Secret (xcache.tls.secretName), whose ca.crt a cluster's pods trust, or "".
+    xcache_tls_secret: str = ""
 
     @property
     def ca_secret(self) -> str:
@@ -105,10 +107,11 @@ class Settings:
         operator = values["operator"]
         edge = values["edge"]
         xcache = values.get("xcache") or {}
-        xcache_address = ""
+        xcache_address = xcache_tls_secret = ""
         if xcache.get("enabled"):
             host = f"{component_name(release_fullname, 'xcache')}.{namespace}"
             xcache_address = f"root://{host}:{xcache['port']}"
+            xcache_tls_secret = str((xcache.get("tls") or {}).get("secretName") or "")
         hub = component_name(release_fullname, "hub")
         worker_image = operator["worker"]["image"]
         return cls(
@@ -135,6 +138,7 @@ class Settings:
             max_start_failures=int(operator["workers"]["maxStartFailures"]),
             scheduler_url=SCHEDULER_URL,
             xcache=xcache_address,
+            xcache_tls_secret=xcache_tls_secret,
             batch_users=dict(operator["batchUsers"]),
         )
 

@@ -304,6 +304,7 @@ class WorkerController:
             contact_address=res.scheduler_address(self.settings, body),
             tls=tls,
             xcache=self.settings.xcache,
+            xcache_tls_secret=self.settings.xcache_tls_secret,
             token=token,
         )
 

@@ -16,6 +16,7 @@ real-node cluster makes the module fail at once.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -52,7 +53,7 @@ RELEASE = "e2e"
 FULLNAME = "e2e-facility"
 USER = "alice"
 ATTACKER = "bob"  # a second user, who attacks alice (test_another_user_reaches_nothing_of_alices)
-CHART_COMPONENTS = {"hub", "proxy", "edge", "operator"}
+CHART_COMPONENTS = {"hub", "proxy", "edge", "operator", "xcache"}
 CHART_DEFAULTS = yaml.safe_load((ROOT / "charts/facility/values.yaml").read_text())
 CHART_DEFAULTS_UP = yaml.safe_load((ROOT / "ci/up.d/values.yaml").read_text())  # make up's
 # What may stay in the namespace after `helm uninstall`: the data the chart keeps on purpose
@@ -63,6 +64,9 @@ KEPT_AFTER_UNINSTALL = {
     ("persistentvolumeclaims", f"home-{USER}"),
     ("persistentvolumeclaims", f"home-{ATTACKER}"),
     ("secrets", f"{FULLNAME}-dask-ca"),
+    # ci/up's, not the chart's: XCache's certificate and the development CA.
+    ("secrets", f"{FULLNAME}-xcache-tls"),
+    ("configmaps", f"{FULLNAME}-dev-ca"),
     ("configmaps", "kube-root-ca.crt"),
     ("serviceaccounts", "default"),
 }
@@ -70,6 +74,9 @@ KEPT_AFTER_UNINSTALL = {
 
 # The node port of the tests' own edge: make up's, when its cluster is shared, or the default.
 SHARED_NODE_PORT = 30444
+DATA_SET = "small"
+# The results of the end-to-end tests that a person looks at (the analysis' plot).
+ARTIFACTS = ROOT / "reports" / "e2e"
 MAKE_UP_STATE = Path(os.environ.get("FACILITY_UP_CLUSTER_DIR", ROOT / ".cluster"))
 
 
@@ -186,6 +193,8 @@ def facility(
         "FACILITY_NODES": "real",
         "FACILITY_NAMESPACE": NAMESPACE,
         "FACILITY_RELEASE": RELEASE,
+        # The small sample data set (a cold one is written in seconds).
+        "FACILITY_DATA_SET": DATA_SET,
     }
     if shared:
         env["FACILITY_NODE_PORT"] = str(SHARED_NODE_PORT)
@@ -592,6 +601,99 @@ def pod_ip(facility: Facility, component: str, cluster: str = "", user: str = ""
         selector += f",hub.jupyter.org/username={user}"
     (pod,) = facility.json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
     return str(pod["status"]["podIP"])
+
+
+AGC = "examples/agc/ttbar.ipynb"  # in the home, where the analysis image's server copies it
+
+
+def example_analysis() -> Any:
+    """examples/agc/ttbar.py as a module: the analysis the notebook holds, to run it here."""
+    spec = importlib.util.spec_from_file_location("ttbar", ROOT / "examples/agc/ttbar.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def in_notebook_pod(facility: Facility, user: str, *argv: str, timeout: float = 120) -> Any:
+    """A command in the user's notebook pod (kubectl exec: the pod's own environment)."""
+    return subprocess.run(
+        [str(TOOLS / "kubectl"), f"--kubeconfig={facility.state / 'kubeconfig'}", "exec",
+         "-n", NAMESPACE, f"jupyter-{user}", "--", *argv],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_physicist_runs_the_agc_notebook_on_data_through_xcache(facility: Facility) -> None:
+    """Mode: real node. The physicist's whole path: the example notebook that alice's server
+    copied into her home runs as it is, in a kernel of her pod (nbconvert starts the kernel a
+    click would), on a FacilityCluster whose worker pods the operator makes; they read the
+    sample files (ci/origin) through XCache with her own token. Its histograms equal, bin by
+    bin, those of the same analysis run here directly on the origin's files; XCache holds every
+    file it served; without a token it serves nothing; Chromium shows the rendered plot
+    (a screenshot kept in reports/e2e)."""
+    if not (server(facility) or {}).get("ready"):
+        start_server(facility)
+    assert in_notebook_pod(facility, USER, "test", "-f", AGC).returncode == 0, "no example"
+    began = time.monotonic()
+    run = in_notebook_pod(
+        facility, USER, "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+        "--ExecutePreprocessor.timeout=900", AGC, timeout=1200,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    facility.durations["the AGC notebook"] = time.monotonic() - began
+    answer = in_notebook_pod(facility, USER, "cat", "examples/agc/ttbar-histograms.json")
+    on_the_facility = json.loads(answer.stdout)
+
+    # The same analysis, in this process, on the origin's own files (no cache, no Dask).
+    ttbar = example_analysis()
+    data = str(facility.state / "origin" / "data")
+    listing = ttbar.read_listing(data, f"/store/agc/{DATA_SET}/datasets.json")
+    direct = ttbar.summary(ttbar.run(ttbar.fileset(data, listing))["histogram"])
+    assert on_the_facility.keys() == direct.keys() == {"4j1b", "4j2b"}
+    for region, processes in direct.items():
+        assert on_the_facility[region].keys() == processes.keys() == listing.keys()
+        for process, variations in processes.items():
+            for variation, bins in variations.items():
+                # Chunks add up in another order on the workers: equal to rounding.
+                got = on_the_facility[region][process][variation]
+                assert got == pytest.approx(bins, rel=1e-9, abs=1e-9), (region, process)
+        assert sum(processes["ttbar"]["nominal"]) > 0, region
+
+    # Every file came through the cache, which keeps it.
+    cache = f"{FULLNAME}-xcache-0"
+    kept = facility.kubectl(
+        "exec", "-n", NAMESPACE, cache, "--", "find", f"/var/cache/xcache/store/agc/{DATA_SET}",
+        "-name", "*.root",
+    ).split()  # fmt: skip
+    wanted = {path for entry in listing.values() for path in entry["files"]}
+    assert {path.removeprefix("/var/cache/xcache") for path in kept} == wanted
+    # Without a token, the cache serves nothing (ztn: the client has none to offer).
+    anonymous = in_notebook_pod(
+        facility, USER, "sh", "-c",
+        f'BEARER_TOKEN_FILE=/nonexistent xrdfs "$FACILITY_XCACHE" stat /store/agc/{DATA_SET}/',
+    )  # fmt: skip
+    assert anonymous.returncode != 0, anonymous.stdout
+    assert "Auth failed" in anonymous.stderr or "Permission denied" in anonymous.stderr, (
+        anonymous.stderr
+    )
+
+    # What she sees: JupyterLab renders the executed notebook with its plot.
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "agc-notebook.png"
+    seen = browser_login(
+        f"{facility.url}/hub/oauth_login?next=/user/{USER}/lab/tree/{AGC}",
+        USER,
+        f"/user/{USER}/lab/tree/{AGC}",
+        screenshot=shot,
+        timeout=300,
+        ignore_https_errors=True,
+        wait_for=".jp-RenderedImage img",
+    )
+    assert seen["ok"], seen
+    assert seen["waited_for"] == ".jp-RenderedImage img"
+    assert shot.stat().st_size > 10_000
 
 
 def test_the_internet_facing_edge_holds_no_token_and_reaches_no_api_server(

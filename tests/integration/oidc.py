@@ -181,6 +181,7 @@ def run_provider(
     issuer: str | None = None,
     issuer_path: str = "",
     routes: Mapping[str, str] | None = None,
+    storage: tuple[str, str] | None = None,
     timeout: float = 30,
 ) -> Iterator[Provider]:
     """Run the provider on a free port until the block ends.
@@ -190,6 +191,7 @@ def run_provider(
     accounts: {login name: claims}; `sub` defaults to the login name.
     id_token_ttl defaults to access_token_ttl. issuer defaults to
     http://127.0.0.1:<port><issuer_path>. routes: endpoint paths (oidc-provider's `routes`).
+    storage: (audience, scopes): access tokens become WLCG JWTs for that audience.
     """
     ensure_node_modules()
     work = tmp_path / "oidc-provider"
@@ -216,6 +218,8 @@ def run_provider(
         args.append(f"--routes={json.dumps(dict(routes))}")
     if not refresh_tokens:
         args.append("--no-refresh-tokens")
+    if storage:
+        args += [f"--storage-audience={storage[0]}", f"--storage-scopes={storage[1]}"]
     log_path = work / "provider.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=NODE_DIR)
@@ -329,10 +333,12 @@ def browser_login(
     screenshot: Path,
     timeout: float = 30,
     ignore_https_errors: bool = False,
+    wait_for: str = "",
 ) -> dict[str, Any]:
     """Log in in headless Chromium (node/browser-login.mjs); returns its JSON result.
 
     ignore_https_errors: accept a self-signed certificate (the edge's own, in tests/e2e).
+    wait_for: a CSS selector to wait for once there (e.g. a notebook's rendered plot).
 
     The result has ok, final_url, title, status, screenshot, login_page_seen, and error when
     ok is false. Fails the test if Chromium is missing or the script itself crashed.
@@ -351,6 +357,7 @@ def browser_login(
             f"--timeout={int(timeout * 1000)}",
             f"--chromium={CHROMIUM}",
             *(["--ignore-https-errors"] if ignore_https_errors else []),
+            *([f"--wait-for={wait_for}"] if wait_for else []),
         ],
         capture_output=True,
         text=True,

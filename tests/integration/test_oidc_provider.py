@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
+import jwt
 import pytest
 import requests
 
@@ -259,3 +260,50 @@ def test_admin_api_refuses_claims_it_could_not_release(provider: Provider) -> No
     assert requests.put(url, json={"no_such_claim": 1}, timeout=5).status_code == 400
     assert requests.put(url, data="not json", timeout=5).status_code == 400
     assert provider.claims("bob")["cern_upn"] == "bob"
+
+
+STORAGE = "https://wlcg.cern.ch/jwt/v1/any"
+
+
+def test_storage_tokens_are_wlcg_jwts_with_the_scopes_asked_for(
+    client: dict[str, Any], tmp_path
+) -> None:
+    """With --storage-audience, the access token is a signed WLCG token (what XCache's SciTokens
+    plugin checks in make up's facility): the audience, wlcg.ver, only the storage scopes the
+    client asked for among those offered; a refresh gives another; the provider's own userinfo
+    endpoint refuses it (the hub reads the claims from the ID token)."""
+    accounts = {"alice": cilogon_claims(1234, "alice", ["af-users"])}
+    with run_provider(
+        tmp_path, [client], accounts, storage=(STORAGE, "storage.read:/store storage.create:/store")
+    ) as provider:
+        tokens = login_and_exchange(provider, client, "alice", "openid email storage.read:/store")
+        keys = jwt.PyJWKSet.from_dict(
+            requests.get(provider.discovery()["jwks_uri"], timeout=5).json()
+        )
+
+        def verified(token: str) -> dict[str, Any]:
+            header = jwt.get_unverified_header(token)
+            key = next(k for k in keys.keys if k.key_id == header["kid"])
+            return jwt.decode(token, key, algorithms=["RS256"], audience=STORAGE)
+
+        claims = verified(tokens["access_token"])
+        assert claims["iss"] == provider.issuer
+        assert claims["sub"] == "http://cilogon.org/serverA/users/1234"
+        assert claims["wlcg.ver"] == "1.0"
+        assert claims["scope"].split() == ["storage.read:/store"]  # not create: not asked for
+        assert jwt_claims(tokens["id_token"])["isMemberOf"] == ["af-users"]
+
+        refreshed = provider.token_request(
+            client, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+        ).json()
+        again = verified(refreshed["access_token"])
+        assert again["scope"] == "storage.read:/store"
+        assert again["jti"] != claims["jti"]
+
+        userinfo = requests.get(
+            provider.discovery()["userinfo_endpoint"],
+            headers={"Authorization": f"Bearer {tokens['access_token']}"},
+            timeout=5,
+        )
+        assert userinfo.status_code == 401, userinfo.text
+        assert userinfo.json()["error"] == "invalid_token", userinfo.text

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from facility_client import tokens
 
+from harness.pki import Pki
 from hub_config.spawner import environment
 from tests.chart.render import handed_over
 from tests.integration.xcache_data import local_digests, write_nanoaod
@@ -28,7 +29,6 @@ from tests.integration.xcache_sandbox import (
     SERVICE,
     CachePod,
     Origin,
-    Pki,
     Sandbox,
     TokenIssuer,
     client_env,

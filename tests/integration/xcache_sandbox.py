@@ -11,8 +11,8 @@
   configuration folder, and its readiness probe (images/xcache/xcache-probe) to know when it is
   ready, as the kubelet would. Nothing of the rendered text is edited.
 - `Origin` is a plain xrootd server with the test's files, whose log tells what it sent.
-- `Pki` and `TokenIssuer` make the certificates and the SciTokens / WLCG tokens of the token
-  tests.
+- `TokenIssuer` makes the SciTokens / WLCG tokens of the token tests (harness.pki the
+  certificates).
 
 xrootd refuses to run as root; as root, the servers run as the user of Debian's xrootd package.
 Namespaces need root: the helpers fail, naming why, when the tests do not run as root.
@@ -21,7 +21,6 @@ Namespaces need root: the helpers fail, naming why, when the tests do not run as
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import os
 import pwd
@@ -41,11 +40,9 @@ from typing import IO, Any
 import jwt
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from harness.pki import Pki
 from tests.conftest import CHART, ROOT, helm, wait_for
 
 IMAGE = ROOT / "images" / "xcache"
@@ -56,7 +53,6 @@ ORIGIN_PORT = 2094
 ISSUER_PORT = 8443
 WLCG_ANY = "https://wlcg.cern.ch/jwt/v1/any"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def require_root() -> None:
@@ -398,103 +394,6 @@ def read(
 
 
 # --- TLS and tokens -----------------------------------------------------------------------
-
-
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-class Pki:
-    """A test certificate authority, for the cache's and the issuer's HTTPS certificates."""
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "facility test CA")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, names: Sequence[str]) -> tuple[bytes, bytes]:
-        """(certificate, key) in PEM for a server known by names (DNS names or IPs)."""
-        import ipaddress
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        alt: list[x509.GeneralName] = []
-        for name in names:
-            try:
-                alt.append(x509.IPAddress(ipaddress.ip_address(name)))
-            except ValueError:
-                alt.append(x509.DNSName(name))
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        return cert.public_bytes(serialization.Encoding.PEM), _pem(key)
-
-    def tls_secret(self, folder: Path, names: Sequence[str]) -> Path:
-        """A kubernetes.io/tls Secret with ca.crt, as its volume shows it: files of mode 0644."""
-        cert, key = self.issue(names)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in {"tls.crt": cert, "tls.key": key, "ca.crt": self.pem}.items():
-            (folder / name).write_bytes(data)
-            (folder / name).chmod(0o644)
-        return folder
-
-    def ca_dir(self, folder: Path) -> Path:
-        """The CA as an OpenSSL-hashed folder, where XRootD clients look (X509_CERT_DIR)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "facility-test-ca.pem").write_bytes(self.pem)
-        subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True)
-        return folder
-
-    def system_bundle_with_ca(self, path: Path) -> Path:
-        """The system CA bundle with this CA added: what xcache.auth.caBundle mounts over it."""
-        path.write_bytes(SYSTEM_CA_BUNDLE.read_bytes() + b"\n" + self.pem)
-        path.chmod(0o644)
-        return path
 
 
 def _b64(number: int) -> str:

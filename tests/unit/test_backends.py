@@ -408,6 +408,28 @@ def test_worker_pod() -> None:
     assert container["image"] == IMAGE
 
 
+def test_a_worker_pod_trusts_xcaches_ca_when_the_cache_speaks_tls() -> None:
+    backend = backend_for("kubernetes", {"edge_host": "edge.facility.svc"})
+    name = f"{CLUSTER_ID}-default-0"
+    tls_cluster = dataclasses.replace(cluster(), xcache_tls_secret="xcache-tls")
+    for workers, trusted in ((cluster(), False), (tls_cluster, True)):
+        command = backend.worker_command(workers, group(), name, "/etc/facility/tls")
+        pod = worker_pod(workers, group(), name, command, backend.config)
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert ("xcache-ca" in volumes) is trusted
+        assert (env.get("X509_CERT_FILE") == "/etc/facility/xcache-ca/ca.crt") is trusted
+        if trusted:
+            assert volumes["xcache-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+            assert {
+                "name": "xcache-ca",
+                "mountPath": "/etc/facility/xcache-ca",
+                "readOnly": True,
+            } in (container["volumeMounts"])
+        assert restricted_violations(pod["spec"]) == []
+
+
 def test_only_jobs_named_as_the_operator_names_them_are_a_clusters_workers() -> None:
     """Any batch user can set a job's cluster key and name: one that claims a cluster but is not
     named `<cluster-id>-<group>-<n>` is not its worker, and no log path is made from it."""

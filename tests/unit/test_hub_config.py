@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from oauthenticator.cilogon import CILogonOAuthenticator
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets.config import Config
 
+from harness.pki import Pki
 from hub_config.config import configure
 from hub_config.facility import ConfigError, Facility
 from tests.conftest import CHART, merge_values
@@ -101,13 +103,12 @@ def test_cern_preset() -> None:
     assert auth.login_service == "CERN SSO"
 
 
-@pytest.fixture
-def issuer() -> Iterator[str]:
-    """A real HTTP server with a discovery document."""
+def discovery_handler(scheme: str) -> type[BaseHTTPRequestHandler]:
+    """A discovery document's server, for an issuer at scheme://127.0.0.1:<port>."""
 
     class Discovery(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            base = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
             found = self.path == "/.well-known/openid-configuration"
             body = json.dumps({
                 "issuer": base, "authorization_endpoint": f"{base}/auth",
@@ -120,7 +121,13 @@ def issuer() -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
+    return Discovery
+
+
+@pytest.fixture
+def issuer() -> Iterator[str]:
+    """A real HTTP server with a discovery document."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), discovery_handler("http"))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -136,6 +143,51 @@ def test_oidc_endpoints_from_discovery(issuer: str) -> None:
     assert auth.auth_state_groups_key == "oauth_user.wlcg.groups"
     assert auth.allow_all  # no allowed groups or users: anyone the issuer vouches for
     assert auth.username_claim == "sub"  # unique and stable, unlike preferred_username
+
+
+def test_oidc_claims_from_the_id_token(issuer: str) -> None:
+    """A provider whose access tokens are WLCG storage tokens: the claims come from the ID token
+    (its userinfo endpoint would refuse such a token), so no userinfo URL is set."""
+    oidc = {"issuer": issuer, "userdataFromIdToken": True}
+    auth = GenericOAuthenticator(
+        config=build({**EDGE, "auth": {"type": "oidc", **CLIENT, "oidc": oidc}})
+    )
+    assert auth.userdata_from_id_token is True
+    assert auth.userdata_url == ""
+    assert auth.token_url == f"{issuer}/token"
+
+
+def test_oidc_userinfo_and_id_token_together_are_refused(issuer: str) -> None:
+    oidc = {"issuer": issuer, "userdataFromIdToken": True, "userdataUrl": f"{issuer}/me"}
+    with pytest.raises(ConfigError, match=r"userdataFromIdToken .*auth\.oidc\.userdataUrl"):
+        build({**EDGE, "auth": {"type": "oidc", **CLIENT, "oidc": oidc}})
+
+
+def test_oidc_issuer_behind_a_private_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTPS with a site's own CA: without auth.oidc.caBundle the discovery fails and says
+    to set it; with it (the file the chart mounts) discovery works, and the authenticator's
+    requests (token, refresh) check the provider against the same CA."""
+    pki = Pki()
+    cert, key = pki.issue(["127.0.0.1"])
+    (tmp_path / "tls.crt").write_bytes(cert)
+    (tmp_path / "tls.key").write_bytes(key)
+    (tmp_path / "ca.crt").write_bytes(pki.pem)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), discovery_handler("https"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    https = f"https://127.0.0.1:{server.server_address[1]}"
+    values = {**EDGE, "auth": {"type": "oidc", **CLIENT, "oidc": {"issuer": https}}}
+    try:
+        with pytest.raises(ConfigError, match=r"CERTIFICATE_VERIFY_FAILED.*auth\.oidc\.caBundle"):
+            build(values)
+        monkeypatch.setenv("FACILITY_OIDC_CA_FILE", str(tmp_path / "ca.crt"))
+        auth = GenericOAuthenticator(config=build(values))
+        assert auth.token_url == f"{https}/token"
+        assert auth.http_request_kwargs == {"ca_certs": str(tmp_path / "ca.crt")}
+    finally:
+        server.shutdown()
 
 
 def test_oidc_unreachable_issuer_is_named() -> None:

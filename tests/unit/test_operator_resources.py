@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from facility_client.contract import XCACHE_CA_DIR
 from facility_operator import resources as res
 from facility_operator.certs import ClusterIdentity, new_facility_ca
 from facility_operator.edge_routes import EdgeRoutes
@@ -16,6 +17,7 @@ from facility_operator.settings import Settings
 from facility_operator.status import scheduler_status
 from kubernetes import client
 
+from hub_config import spawner
 from tests.chart.test_objects import restricted_violations
 from tests.conftest import CHART, merge_values
 
@@ -269,6 +271,27 @@ def test_scheduler_pod_options() -> None:
     assert env["FACILITY_XCACHE"] == "root://af-xcache.facility:1094"
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
     assert s.worker_image == "registry.example.org/facility/worker:1.2.3"
+
+
+def test_a_scheduler_trusts_xcaches_ca_and_gets_nothing_else_of_it() -> None:
+    """With XCache over TLS, the scheduler's XRootD client trusts the cache's CA: ca.crt of the
+    cache's Secret alone (its key stays out), where X509_CERT_FILE points."""
+    plain = res.scheduler_pod(settings(xcache={"enabled": True}), cluster())
+    assert "xcache-ca" not in {v["name"] for v in plain["spec"]["volumes"]}
+    s = settings(xcache={"enabled": True, "tls": {"secretName": "xcache-tls"}})
+    assert s.xcache_tls_secret == "xcache-tls"
+    pod = res.scheduler_pod(s, cluster())
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "xcache-ca"]
+    assert volume["secret"] == {
+        "secretName": "xcache-tls",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    container = pod["spec"]["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "xcache-ca"]
+    assert mount == {"name": "xcache-ca", "mountPath": XCACHE_CA_DIR, "readOnly": True}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["X509_CERT_FILE"] == f"{XCACHE_CA_DIR}/ca.crt"
+    assert spawner.XCACHE_CA_DIR == XCACHE_CA_DIR  # the notebooks' is the same place
 
 
 def test_the_operator_reaches_the_schedulers_dashboard() -> None:

@@ -73,6 +73,28 @@ class WorkerGroup:
 
 
 @dataclass(frozen=True)
+class PodParts:
+    """Volumes, mounts and environment that a cluster's pods add for one purpose."""
+
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def xcache_ca(secret: str) -> PodParts:
+    """XCache's CA for the XRootD client of a scheduler or worker pod: only ca.crt of the
+    cache's TLS Secret (never its key); nothing when XCache has no TLS."""
+    if not secret:
+        return PodParts()
+    items = [{"key": "ca.crt", "path": "ca.crt"}]
+    return PodParts(
+        volumes=[{"name": "xcache-ca", "secret": {"secretName": secret, "items": items}}],
+        mounts=[{"name": "xcache-ca", "mountPath": contract.XCACHE_CA_DIR, "readOnly": True}],
+        env={"X509_CERT_FILE": contract.XCACHE_CA_FILE},
+    )
+
+
+@dataclass(frozen=True)
 class ClusterWorkers:
     """What a backend needs to start the workers of one cluster."""
 
@@ -85,6 +107,7 @@ class ClusterWorkers:
     contact_address: str  # tls://<cluster-id>.<dask-domain>:<public port>
     tls: Mapping[str, str] = field(repr=False)  # PEM texts by file name (WORKER_TLS_FILES)
     xcache: str = ""  # root://host:port, or empty
+    xcache_tls_secret: str = ""  # XCache's TLS Secret, whose CA the pods of a cluster trust
     token: str = field(default="", repr=False)  # the user's bearer token, when shared
     # The owner's batch-system credential from the site's Secret for them, for backends that
     # name one (Backend.credential_secret); empty otherwise.

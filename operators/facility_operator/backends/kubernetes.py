@@ -31,6 +31,7 @@ from facility_operator.backends.base import (
     ClusterWorkers,
     Job,
     WorkerGroup,
+    xcache_ca,
 )
 
 WORKER_SELECTOR = (
@@ -58,9 +59,11 @@ def worker_pod(
     }
     if group.gpus:
         resources[GPU_LIMIT] = str(group.gpus)
+    ca = xcache_ca(cluster.xcache_tls_secret)
     environment = {
         **cluster.environment(),
         contract.BEARER_TOKEN_FILE: f"{contract.USER_TOKEN_DIR}/{contract.USER_TOKEN_KEY}",
+        **ca.env,
     }
     return {
         "apiVersion": "v1",
@@ -119,6 +122,7 @@ def worker_pod(
                             "mountPath": contract.USER_TOKEN_DIR,
                             "readOnly": True,
                         },
+                        *ca.mounts,
                     ],
                 }
             ],
@@ -135,6 +139,7 @@ def worker_pod(
                         "optional": True,
                     },
                 },
+                *ca.volumes,
             ],
         },
     }

@@ -4,6 +4,8 @@
 //     [--screenshot FILE (default: a file in the temporary profile directory)]
 //     [--timeout MS (default 30000)] [--chromium PATH (CHROMIUM, default /usr/bin/chromium)]
 //     [--ignore-https-errors: accept a self-signed certificate, e.g. the edge's own]
+//     [--wait-for SELECTOR: then wait until an element matching it is visible (e.g. a rendered
+//       plot of a notebook), and scroll it into view for the screenshot]
 //
 // Opens start-url (e.g. http://127.0.0.1:PORT/hub/oauth_login), which leads to the provider's
 // login page; types the username into the `username` field and presses "Sign in"; then waits
@@ -30,6 +32,7 @@ const { values: opts } = parseArgs({
     timeout: { type: 'string', default: '30000' },
     chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
     'ignore-https-errors': { type: 'boolean', default: false },
+    'wait-for': { type: 'string' },
   },
 });
 if (!opts['start-url'] || !opts.username || !opts.expect) {
@@ -56,6 +59,7 @@ try {
     args: CHROMIUM_ARGS,
     timeout,
     ignoreHTTPSErrors: opts['ignore-https-errors'],
+    viewport: { width: 1400, height: 1000 },
   });
   context.setDefaultTimeout(timeout);
   const page = context.pages()[0] ?? await context.newPage();
@@ -81,6 +85,12 @@ try {
   }
   await page.waitForURL((url) => url.href.includes(opts.expect));
   await page.waitForLoadState('load');
+  if (opts['wait-for']) {
+    const element = page.locator(opts['wait-for']).first();
+    await element.waitFor({ state: 'visible' });
+    await element.scrollIntoViewIfNeeded();
+    result.waited_for = opts['wait-for'];
+  }
   result.ok = true;
 } catch (err) {
   result.error = String(err?.message ?? err).split('\n')[0];

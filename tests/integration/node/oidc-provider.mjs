@@ -18,6 +18,12 @@
 //     [--id-token-ttl S (OIDC_ID_TOKEN_TTL, default 3600)]
 //     [--refresh-token-ttl S (OIDC_REFRESH_TOKEN_TTL, default 14 days)]
 //     [--no-refresh-tokens (OIDC_NO_REFRESH_TOKENS=1): issue no refresh tokens at all]
+//     [--tls-cert PEM --tls-key PEM (OIDC_TLS_CERT, OIDC_TLS_KEY): serve HTTPS (an issuer whose
+//       keys XCache's SciTokens plugin fetches must be https)]
+//     [--storage-audience URL (OIDC_STORAGE_AUDIENCE) --storage-scopes "S ..." (OIDC_STORAGE_SCOPES):
+//       access tokens become WLCG tokens (signed JWTs for that audience, wlcg.ver 1.0) that carry
+//       the storage scopes a client asks for among these, e.g. storage.read:/store. Such a token
+//       is not for the userinfo endpoint: clients take the claims from the ID token.]
 //
 // clients.json: [{"client_id": "...", "client_secret": "...", "redirect_uris": ["..."]}, ...]
 //   Any other client metadata is passed through. Defaults: token_endpoint_auth_method
@@ -44,6 +50,7 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import { parseArgs } from 'node:util';
 
 // oidc-provider 9 prints "Unsupported runtime" on Node 20; it works there (the tests prove it).
@@ -64,6 +71,10 @@ const { values: opts } = parseArgs({
       type: 'string', default: process.env.OIDC_REFRESH_TOKEN_TTL ?? String(14 * 24 * 3600),
     },
     'no-refresh-tokens': { type: 'boolean', default: process.env.OIDC_NO_REFRESH_TOKENS === '1' },
+    'tls-cert': { type: 'string', default: process.env.OIDC_TLS_CERT },
+    'tls-key': { type: 'string', default: process.env.OIDC_TLS_KEY },
+    'storage-audience': { type: 'string', default: process.env.OIDC_STORAGE_AUDIENCE },
+    'storage-scopes': { type: 'string', default: process.env.OIDC_STORAGE_SCOPES ?? '' },
   },
 });
 if (!opts.clients || !opts.accounts) {
@@ -83,6 +94,16 @@ const accessTokenTTL = seconds('access-token-ttl');
 const idTokenTTL = seconds('id-token-ttl');
 const refreshTokenTTL = seconds('refresh-token-ttl');
 const refreshTokens = !opts['no-refresh-tokens'];
+if (Boolean(opts['tls-cert']) !== Boolean(opts['tls-key'])) {
+  console.error('--tls-cert and --tls-key go together');
+  process.exit(2);
+}
+const storageAudience = opts['storage-audience'];
+const storageScopes = opts['storage-scopes'].split(/\s+/).filter(Boolean);
+if (Boolean(storageAudience) !== storageScopes.length > 0) {
+  console.error('--storage-audience and --storage-scopes go together');
+  process.exit(2);
+}
 
 // Accounts: id -> claims. A Map so that the admin endpoint can replace claims while we run;
 // findAccount reads it at every token request, so new claims show at the next login or refresh.
@@ -183,10 +204,36 @@ function configuration() {
       devInteractions: { enabled: false }, // our own pages below
       introspection: { enabled: true },
       revocation: { enabled: true },
+      ...(storageAudience ? { resourceIndicators: storageResource() } : {}),
     },
+    // A WLCG token says which profile it follows (the SciTokens library of XCache reads it).
+    ...(storageAudience ? {
+      extraTokenClaims: async (ctx, token) => (token.kind === 'AccessToken' ? { 'wlcg.ver': '1.0' } : undefined),
+    } : {}),
     renderError(ctx, out) {
       ctx.type = 'html';
       ctx.body = page('Error', `<h1>Error</h1><pre id="error">${escape(JSON.stringify(out, null, 2))}</pre>`);
+    },
+  };
+}
+
+// Access tokens for the storage (one resource server, the audience): every authorization and
+// refresh is for it, whether or not the client names it, and its tokens are signed JWTs with the
+// storage scopes the client asked for.
+function storageResource() {
+  return {
+    enabled: true,
+    defaultResource: () => storageAudience,
+    useGrantedResource: () => true,
+    getResourceServerInfo: (ctx, indicator) => {
+      if (indicator !== storageAudience) throw new Error(`unknown resource ${indicator}`);
+      return {
+        scope: storageScopes.join(' '),
+        audience: storageAudience,
+        accessTokenTTL,
+        accessTokenFormat: 'jwt',
+        jwt: { sign: { alg: 'RS256' } },
+      };
     },
   };
 }
@@ -319,10 +366,14 @@ function logEvents(provider) {
 // Listen first (port 0 lets the kernel pick a free port), then make the provider, whose
 // issuer contains the port.
 let handler;
-const server = createServer((req, res) => handler(req, res));
+const serve = (req, res) => handler(req, res);
+const tls = opts['tls-cert']
+  ? { cert: readFileSync(opts['tls-cert']), key: readFileSync(opts['tls-key']) } : null;
+const server = tls ? createTlsServer(tls, serve) : createServer(serve);
 server.listen(Number(opts.port), opts.host, () => {
   const { port } = server.address();
-  const issuer = opts.issuer ?? `http://127.0.0.1:${port}${opts['issuer-path']}`;
+  const scheme = tls ? 'https' : 'http';
+  const issuer = opts.issuer ?? `${scheme}://127.0.0.1:${port}${opts['issuer-path']}`;
   const provider = new Provider(issuer, configuration());
   // Behind a TLS-terminating proxy (the edge), trust its X-Forwarded-* headers; on plain http
   // on 127.0.0.1 the cookies are then simply not marked Secure, which is what we want.
