@@ -26,7 +26,12 @@ start, again whenever the file changes (checked every TOKEN_CHECK_SECONDS), or b
 It is also dask-labextension's cluster factory (images/analysis/dask-labextension.yaml).
 
 Where the public name `<cluster-id>.<dask-domain>` does not resolve (no wildcard DNS), pass
-`edge_host`: the client dials that host at the public port and sends the cluster's name as SNI.
+`edge_host`: the client dials that host at the public port (or at the port it names,
+`host:port`, e.g. a node port) and sends the cluster's name as SNI. From outside the facility
+(a laptop), with a token from the hub's token page:
+
+    FacilityCluster(api_url="https://<hub>/services/dask", api_token=token, edge_host="<edge>")
+
 In a notebook of the facility it defaults to $FACILITY_EDGE_HOST, the edge's in-cluster
 Service (set by the hub's spawner), so `FacilityCluster()` needs no argument there.
 """
@@ -72,6 +77,12 @@ class ScaleRange:
 
     minimum: int
     maximum: int
+
+
+def edge_address(edge_host: str, public_port: int | None) -> str:
+    """The address to dial for `edge_host`: `host` at the public port, or `host:port`."""
+    given = urlsplit(f"//{edge_host}")
+    return f"tls://{given.hostname}:{given.port or public_port}"
 
 
 def quantity(value: int | str) -> str:
@@ -201,7 +212,7 @@ class FacilityCluster(Cluster):
             credentials = await self._until("no credentials", self._credentials)
             public = urlsplit(credentials["address"])
             sni = public.hostname if self._edge_host else None
-            address = f"tls://{self._edge_host}:{public.port}" if sni else credentials["address"]
+            address = edge_address(self._edge_host, public.port) if sni else credentials["address"]
             self.security = client_security(
                 credentials["ca"], credentials["tls_cert"], credentials["tls_key"], sni
             )

@@ -211,21 +211,29 @@ def plot(histogram: hist.Hist, path: str | None = None) -> Any:
 #
 # On the facility: a Dask cluster of your own (`FacilityCluster()`: its workers start as jobs
 # of the facility, reach their scheduler through the edge and read with your token), scaled
-# to a few workers. Its dashboard link shows the work as it goes.
+# to a few workers. Its dashboard link shows the work as it goes. Only the workers read data:
+# they also find the cache and the data set's listing, so the same code runs from outside the
+# facility (a laptop, with `FacilityCluster(api_url=..., api_token=..., edge_host=...)`).
 
 
 # %%
-def on_the_facility(workers: int = 2) -> dict[str, Any]:
+def where_the_data_are(datasets: str) -> tuple[str, dict[str, Any]]:
+    """On a worker: the cache it reads through, and the data set's listing read through it."""
+    server = os.environ["FACILITY_XCACHE"]
+    return server, read_listing(server, datasets)
+
+
+def on_the_facility(workers: int = 2, datasets: str = "", **cluster: Any) -> dict[str, Any]:
     from facility_client.cluster import FacilityCluster
 
-    server = os.environ["FACILITY_XCACHE"]
-    files = fileset(server, read_listing(server, os.environ["FACILITY_DATASETS"]))
-    with FacilityCluster(cores=1, memory="2Gi") as cluster, cluster.get_client() as client:
-        print("dashboard:", cluster.dashboard_link)
-        cluster.scale(workers)
+    datasets = datasets or os.environ["FACILITY_DATASETS"]
+    with FacilityCluster(cores=1, memory="2Gi", **cluster) as dask, dask.get_client() as client:
+        print("dashboard:", dask.dashboard_link)
+        dask.scale(workers)
         client.wait_for_workers(1, timeout=300)
         began = time.monotonic()
-        result = run(files, client)
+        server, listing = client.submit(where_the_data_are, datasets).result()
+        result = run(fileset(server, listing), client)
         result["seconds"] = time.monotonic() - began
     return result
 
@@ -251,12 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", default="ttbar-histograms.json", help="bin contents to here")
     parser.add_argument("--plot", default="ttbar.png")
+    # From outside the facility (its JupyterHub token in $JUPYTERHUB_API_TOKEN):
+    parser.add_argument("--api-url", help="the facility's Dask API: https://<hub>/services/dask")
+    parser.add_argument("--edge-host", help="the edge, host or host:port, if DNS lacks the names")
     args = parser.parse_args(argv)
     began = time.monotonic()
     if args.local:
         result = run(fileset(args.local, read_listing(args.local, args.datasets)))
     else:
-        result = on_the_facility(args.workers)
+        where = {"api_url": args.api_url, "edge_host": args.edge_host}
+        options = {key: value for key, value in where.items() if value}
+        result = on_the_facility(args.workers, args.datasets, **options)
     with open(args.json, "w") as out:
         json.dump(summary(result["histogram"]), out)
     plot(result["histogram"], args.plot)

@@ -16,6 +16,7 @@ real-node cluster makes the module fail at once.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -35,7 +36,7 @@ import requests
 import yaml
 
 from tests.conftest import ROOT, TOOLS, wait_for
-from tests.integration.oidc import browser_login
+from tests.integration.oidc import browser_login, jwt_claims
 
 pytestmark = [
     pytest.mark.e2e,
@@ -64,7 +65,8 @@ KEPT_AFTER_UNINSTALL = {
     ("persistentvolumeclaims", f"home-{USER}"),
     ("persistentvolumeclaims", f"home-{ATTACKER}"),
     ("secrets", f"{FULLNAME}-dask-ca"),
-    # ci/up's, not the chart's: XCache's certificate and the development CA.
+    # ci/up's, not the chart's: the edge's and XCache's certificates, the development CA.
+    ("secrets", f"{FULLNAME}-edge-tls"),
     ("secrets", f"{FULLNAME}-xcache-tls"),
     ("configmaps", f"{FULLNAME}-dev-ca"),
     ("configmaps", "kube-root-ca.crt"),
@@ -625,6 +627,37 @@ def in_notebook_pod(facility: Facility, user: str, *argv: str, timeout: float = 
     )  # fmt: skip
 
 
+DATASETS = f"/store/agc/{DATA_SET}/datasets.json"
+
+
+@functools.cache
+def direct_run(origin_data: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(listing, histograms) of the example analysis, run in this process on the origin's own
+    files (no cache, no Dask)."""
+    ttbar = example_analysis()
+    listing = ttbar.read_listing(origin_data, DATASETS)
+    return listing, ttbar.summary(ttbar.run(ttbar.fileset(origin_data, listing))["histogram"])
+
+
+def assert_same_histograms(facility: Facility, got: dict[str, Any]) -> dict[str, Any]:
+    """The histograms of a run on the facility equal, bin by bin, those of the direct run;
+    returns the data set's listing."""
+    listing, direct = direct_run(str(facility.state / "origin" / "data"))
+    assert got.keys() == direct.keys() == {"4j1b", "4j2b"}
+    for region, processes in direct.items():
+        assert got[region].keys() == processes.keys() == listing.keys()
+        for process, variations in processes.items():
+            for variation, bins in variations.items():
+                # Chunks add up in another order on the workers: equal to rounding.
+                assert got[region][process][variation] == pytest.approx(bins, rel=1e-9, abs=1e-9), (
+                    region,
+                    process,
+                    variation,
+                )
+        assert sum(processes["ttbar"]["nominal"]) > 0, region
+    return listing
+
+
 def test_a_physicist_runs_the_agc_notebook_on_data_through_xcache(facility: Facility) -> None:
     """Mode: real node. The physicist's whole path: the example notebook that alice's server
     copied into her home runs as it is, in a kernel of her pod (nbconvert starts the kernel a
@@ -646,20 +679,7 @@ def test_a_physicist_runs_the_agc_notebook_on_data_through_xcache(facility: Faci
     answer = in_notebook_pod(facility, USER, "cat", "examples/agc/ttbar-histograms.json")
     on_the_facility = json.loads(answer.stdout)
 
-    # The same analysis, in this process, on the origin's own files (no cache, no Dask).
-    ttbar = example_analysis()
-    data = str(facility.state / "origin" / "data")
-    listing = ttbar.read_listing(data, f"/store/agc/{DATA_SET}/datasets.json")
-    direct = ttbar.summary(ttbar.run(ttbar.fileset(data, listing))["histogram"])
-    assert on_the_facility.keys() == direct.keys() == {"4j1b", "4j2b"}
-    for region, processes in direct.items():
-        assert on_the_facility[region].keys() == processes.keys() == listing.keys()
-        for process, variations in processes.items():
-            for variation, bins in variations.items():
-                # Chunks add up in another order on the workers: equal to rounding.
-                got = on_the_facility[region][process][variation]
-                assert got == pytest.approx(bins, rel=1e-9, abs=1e-9), (region, process)
-        assert sum(processes["ttbar"]["nominal"]) > 0, region
+    listing = assert_same_histograms(facility, on_the_facility)
 
     # Every file came through the cache, which keeps it.
     cache = f"{FULLNAME}-xcache-0"
@@ -694,6 +714,45 @@ def test_a_physicist_runs_the_agc_notebook_on_data_through_xcache(facility: Faci
     assert seen["ok"], seen
     assert seen["waited_for"] == ".jp-RenderedImage img"
     assert shot.stat().st_size > 10_000
+
+
+def test_the_same_analysis_runs_from_a_laptop(facility: Facility, tmp_path: Path) -> None:
+    """Mode: real node. From this machine, outside every pod, as from a laptop: with a
+    JupyterHub token of alice's (what the hub's token page makes), `facility-token` fetches her
+    access token through the edge, and the example as a script makes its FacilityCluster
+    through the edge (api_url, api_token, edge_host with the node port): the operator's worker
+    pods reach their scheduler through the edge, read through XCache with the token the script
+    shares, and the histograms equal the direct run's. HTTPS is checked against make up's
+    development CA, which signs the edge's certificate."""
+    made = facility.api(
+        "POST", f"/hub/api/users/{USER}/tokens", json={"expires_in": 3600, "note": "laptop"}
+    )
+    assert made.status_code == 201, made.text
+    laptop = {
+        key: value for key, value in os.environ.items() if not key.startswith("FACILITY_")
+    } | {
+        "JUPYTERHUB_API_TOKEN": made.json()["token"],
+        "BEARER_TOKEN_FILE": str(tmp_path / "bearer-token"),
+        "SSL_CERT_FILE": str(facility.state / "pki" / "ca.crt"),
+    }
+    python = str(ROOT / ".venv" / "bin" / "python")
+    fetched = subprocess.run(
+        [python, "-m", "facility_client.tokens", "--url", f"{facility.url}/services/tokens/"],
+        env=laptop, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr
+    assert jwt_claims((tmp_path / "bearer-token").read_text())["scope"] == "storage.read:/store"
+    began = time.monotonic()
+    ran = subprocess.run(
+        [python, str(ROOT / "examples/agc/ttbar.py"), "--api-url",
+         f"{facility.url}/services/dask", "--edge-host", f"{facility.node_ip}:{facility.node_port}",
+         "--datasets", DATASETS, "--json", "laptop.json", "--plot", "laptop.png"],
+        env=laptop, cwd=tmp_path, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    facility.durations["the AGC script from a laptop"] = time.monotonic() - began
+    assert_same_histograms(facility, json.loads((tmp_path / "laptop.json").read_text()))
+    assert "dashboard: /user/alice/proxy/" in ran.stdout
 
 
 def test_the_internet_facing_edge_holds_no_token_and_reaches_no_api_server(

@@ -343,6 +343,10 @@ def test_jupyterlab_serves_the_lab_and_the_dask_panel_api(engine: Engine) -> Non
         assert "<title>JupyterLab</title>" in page[1]  # type: ignore[index]
         # The Dask panel's server side (dask-labextension's cluster manager) answers.
         assert json.loads(ok(f"{base}/dask/clusters?token={token}")) == []
+        # The server copied the facility's examples into the home at its start.
+        listing = json.loads(ok(f"{base}/api/contents/examples/agc?token={token}"))
+        names = {entry["name"] for entry in listing["content"]}
+        assert {"ttbar.ipynb", "ttbar.py"} <= names, names
 
 
 CLIENT = """

@@ -334,11 +334,13 @@ def browser_login(
     timeout: float = 30,
     ignore_https_errors: bool = False,
     wait_for: str = "",
+    steps: Sequence[Mapping[str, str]] = (),
 ) -> dict[str, Any]:
     """Log in in headless Chromium (node/browser-login.mjs); returns its JSON result.
 
     ignore_https_errors: accept a self-signed certificate (the edge's own, in tests/e2e).
     wait_for: a CSS selector to wait for once there (e.g. a notebook's rendered plot).
+    steps: then what a person does, in order ({"click"|"wait": selector}, {"screenshot": file}).
 
     The result has ok, final_url, title, status, screenshot, login_page_seen, and error when
     ok is false. Fails the test if Chromium is missing or the script itself crashed.
@@ -358,6 +360,7 @@ def browser_login(
             f"--chromium={CHROMIUM}",
             *(["--ignore-https-errors"] if ignore_https_errors else []),
             *([f"--wait-for={wait_for}"] if wait_for else []),
+            f"--steps={json.dumps(list(steps))}",
         ],
         capture_output=True,
         text=True,

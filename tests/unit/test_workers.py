@@ -234,3 +234,12 @@ def test_failures_block_their_own_group_and_a_restart_counts_none_twice() -> Non
     started = list(backend.started)
     asyncio.run(first.tick(body(1, 1, gpu)))
     assert [n for n in backend.started[len(started) :] if "-gpu-" in n] == []
+
+
+def test_the_client_dials_the_edge_at_the_port_it_is_given() -> None:
+    """edge_host alone: the public port of the cluster's address; host:port (a node port, from a
+    laptop): that port."""
+    from facility_client.cluster import edge_address
+
+    assert edge_address("edge.facility.svc", 443) == "tls://edge.facility.svc:443"
+    assert edge_address("10.0.0.5:30443", 443) == "tls://10.0.0.5:30443"

@@ -6,6 +6,9 @@
 //     [--ignore-https-errors: accept a self-signed certificate, e.g. the edge's own]
 //     [--wait-for SELECTOR: then wait until an element matching it is visible (e.g. a rendered
 //       plot of a notebook), and scroll it into view for the screenshot]
+//     [--steps JSON: then, in order, what a person does: [{"click": SELECTOR}, {"wait":
+//       SELECTOR}, {"screenshot": FILE}, ...] (Playwright selectors, e.g. 'role=button[name="NEW"]',
+//       'text=/alice-/'); a step's failure names it]
 //
 // Opens start-url (e.g. http://127.0.0.1:PORT/hub/oauth_login), which leads to the provider's
 // login page; types the username into the `username` field and presses "Sign in"; then waits
@@ -33,6 +36,7 @@ const { values: opts } = parseArgs({
     chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
     'ignore-https-errors': { type: 'boolean', default: false },
     'wait-for': { type: 'string' },
+    steps: { type: 'string', default: '[]' },
   },
 });
 if (!opts['start-url'] || !opts.username || !opts.expect) {
@@ -90,6 +94,21 @@ try {
     await element.waitFor({ state: 'visible' });
     await element.scrollIntoViewIfNeeded();
     result.waited_for = opts['wait-for'];
+  }
+  result.steps_done = 0;
+  for (const step of JSON.parse(opts.steps)) {
+    try {
+      if (step.click) await page.locator(step.click).first().click();
+      if (step.wait) {
+        const element = page.locator(step.wait).first();
+        await element.waitFor({ state: 'visible' });
+        await element.scrollIntoViewIfNeeded();
+      }
+      if (step.screenshot) await page.screenshot({ path: step.screenshot });
+    } catch (err) {
+      throw new Error(`step ${result.steps_done + 1} ${JSON.stringify(step)}: ${err?.message ?? err}`);
+    }
+    result.steps_done += 1;
   }
   result.ok = true;
 } catch (err) {
