@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +54,54 @@ def write(path: Path, token: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+# How often a cluster's pod copies the mounted token again (the kubelet updates a Secret's volume
+# within about a minute of a change).
+COPY_SECONDS = 30.0
+
+
+class PrivateCopy:
+    """The user's token, as a cluster's pods get it (a Secret's volume: files of mode 0440 that
+    root owns), copied to a file that this process' user owns with mode 0600: XRootD's ztn
+    refuses a token file that others may read. `start()` points $BEARER_TOKEN_FILE at the copy
+    (for this process and the ones it starts, e.g. the Nanny's worker) and keeps it current."""
+
+    def __init__(self, mounted: Path, private: Path) -> None:
+        self.mounted, self.private = mounted, private
+
+    @classmethod
+    def from_env(cls) -> PrivateCopy | None:
+        mounted = os.environ.get("BEARER_TOKEN_FILE")
+        if not mounted:
+            return None
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        return cls(Path(mounted), Path(runtime) / f"bt_u{os.getuid()}")
+
+    def refresh(self) -> bool:
+        """Copy the token if it changed; whether there is one (the Secret may come later)."""
+        try:
+            token = self.mounted.read_text()
+        except OSError:
+            return False
+        try:
+            if self.private.read_text() == token:
+                return True
+        except OSError:
+            pass
+        write(self.private, token)
+        return True
+
+    def start(self) -> None:
+        self.refresh()
+        os.environ["BEARER_TOKEN_FILE"] = str(self.private)
+
+        def keep() -> None:
+            while True:
+                time.sleep(COPY_SECONDS)  # a refresh period, not synchronisation
+                self.refresh()
+
+        threading.Thread(target=keep, name="token-copy", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ listens too (the scheduler and other workers dial it), so it must refuse the lea
 cluster exactly as the scheduler does: a plain `distributed.Security` would need the facility CA
 as its anchor (OpenSSL wants a self-signed root unless told otherwise), and then every user's
 leaf would pass. `ClusterSecurity` sets OpenSSL's partial-chain flag, which makes the cluster CA
-an anchor of its own (facility_client.security).
+an anchor of its own (facility_client.security). It also keeps a private copy of the user's
+token for XRootD (facility_client.tokens.PrivateCopy).
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ import distributed.worker
 from distributed.cli import dask_worker
 
 from facility_client.security import ClusterSecurity
+from facility_client.tokens import PrivateCopy
 
 
 def main() -> None:
+    # The user's token, where XRootD accepts it (tokens.PrivateCopy), for reads through XCache.
+    copy = PrivateCopy.from_env()
+    if copy is not None:
+        copy.start()
     # `dask worker` hands its --tls-* options to the Worker and the Nanny as a dict, which each
     # turns into its module's `Security`: point that name at ClusterSecurity.
     distributed.worker.Security = ClusterSecurity  # type: ignore[misc]

@@ -755,6 +755,67 @@ def test_the_same_analysis_runs_from_a_laptop(facility: Facility, tmp_path: Path
     assert "dashboard: /user/alice/proxy/" in ran.stdout
 
 
+def alices_clusters(facility: Facility) -> set[str]:
+    items = facility.json("get", "daskclusters", "-n", NAMESPACE)["items"]
+    return {c["metadata"]["name"] for c in items if c["spec"]["owner"] == USER}
+
+
+FROM_NAME = """
+import json, sys
+from facility_client.cluster import FacilityCluster
+cluster = FacilityCluster.from_name(sys.argv[1])  # the edge's address from the notebook's env
+with cluster.get_client() as client:
+    cluster.scale(1)
+    client.wait_for_workers(1, timeout=300)
+    print(json.dumps({"sum": client.submit(sum, range(10)).result(timeout=120)}))
+sys.stdout.flush()
+sys.stdin.readline()
+"""
+
+
+def test_the_dask_panels_new_button_makes_a_cluster_that_computes(facility: Facility) -> None:
+    """Mode: real node. In Chromium, in alice's JupyterLab, as she would: the Dask panel's
+    "+ NEW" makes a FacilityCluster (the panel's factory, no argument: the notebook's
+    environment says where the edge is), and the panel lists it. It is the operator's cluster,
+    computes from her notebook, its dashboard opens through her server, and the panel's
+    shutdown ends it (a screenshot of the panel kept in reports/e2e)."""
+    if not (server(facility) or {}).get("ready"):
+        start_server(facility)
+    before = alices_clusters(facility)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    steps = [
+        {"click": '.jp-SideBar li.lm-TabBar-tab[title="Dask"]'},
+        {"click": "text=/^\\s*NEW\\s*$/"},
+        {"wait": "text=/Cluster \\d+/"},
+        {"screenshot": str(ARTIFACTS / "dask-panel.png")},
+    ]
+    seen = browser_login(
+        f"{facility.url}/hub/oauth_login?next=/user/{USER}/lab",
+        USER,
+        f"/user/{USER}/lab",
+        screenshot=ARTIFACTS / "dask-panel-end.png",
+        timeout=420,
+        ignore_https_errors=True,
+        steps=steps,
+    )
+    assert seen["ok"], seen
+    assert seen["steps_done"] == len(steps)
+    (listed,) = facility.api("GET", f"/user/{USER}/dask/clusters").json()
+    (made,) = alices_clusters(facility) - before
+    phase = facility.json("get", "daskcluster", made, "-n", NAMESPACE)["status"]["phase"]
+    assert phase == "Running"
+    dashboard = f"/user/{USER}/proxy/{made}-scheduler.{NAMESPACE}:8787/status"
+    assert listed["dashboard_link"] == dashboard
+    page = facility.api("GET", listed["dashboard_link"])
+    assert page.status_code == 200, page.text[:300]
+    assert "Dask" in page.text
+    with notebook_script(facility, USER, "panel-cluster", FROM_NAME, made) as result:
+        assert result["sum"] == 45
+    gone = facility.api("DELETE", f"/user/{USER}/dask/clusters/{listed['id']}")
+    assert gone.status_code in (200, 204), gone.text
+    wait_for(lambda: not dask_objects(facility, made), "the panel's cluster to go", 180)
+
+
 def test_the_internet_facing_edge_holds_no_token_and_reaches_no_api_server(
     facility: Facility,
 ) -> None:

@@ -243,3 +243,34 @@ def test_the_client_dials_the_edge_at_the_port_it_is_given() -> None:
 
     assert edge_address("edge.facility.svc", 443) == "tls://edge.facility.svc:443"
     assert edge_address("10.0.0.5:30443", 443) == "tls://10.0.0.5:30443"
+
+
+def test_a_clusters_pod_reads_with_a_private_copy_of_the_mounted_token(
+    tmp_path, monkeypatch
+) -> None:
+    """XRootD's ztn refuses a token file others may read, which a Secret's volume gives
+    (0440): the pod's programs point $BEARER_TOKEN_FILE at a 0600 copy of their own, made when
+    the Secret appears and again when it changes."""
+    import os
+    import stat
+
+    from facility_client.tokens import PrivateCopy
+
+    mounted = tmp_path / "secret" / "token"
+    monkeypatch.setenv("BEARER_TOKEN_FILE", str(mounted))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    copy = PrivateCopy.from_env()
+    assert copy is not None
+    assert copy.private == tmp_path / "run" / f"bt_u{os.getuid()}"
+    assert copy.refresh() is False  # no Secret yet: nothing to copy
+    mounted.parent.mkdir()
+    mounted.write_text("first")
+    mounted.chmod(0o440)
+    copy.start()
+    assert os.environ["BEARER_TOKEN_FILE"] == str(copy.private)
+    assert copy.private.read_text() == "first"
+    assert stat.S_IMODE(copy.private.stat().st_mode) == 0o600
+    mounted.chmod(0o640)
+    mounted.write_text("second")
+    assert copy.refresh() is True
+    assert copy.private.read_text() == "second"

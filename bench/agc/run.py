@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""The example analysis (examples/agc/ttbar.py) on `make up`'s facility, timed as a physicist
+waits for it (a report, not a test).
+
+On `make up`'s running facility (its full data set, 1.5 GB), one run:
+
+- login: Chromium logs in as alice through the edge until JupyterLab has loaded (her server's
+  spawn included when it was not running; the report says which);
+- local: the analysis in this process on the data set's files on local disk (no cache, no Dask);
+- then, in alice's notebook pod (kubectl exec: her environment, her token), one FacilityCluster:
+  `FacilityCluster()` to Running, `scale(n)` to n workers connected, and the analysis twice on
+  its workers through XCache: cold (the cache emptied first: every byte from the origin) and
+  warm (every byte from the cache). The first histogram is the cold run's.
+
+Events per second per worker core for each, the ratio warm / local (goal: at least 0.8), beside
+the published figures: the AGC's 200 Gbps challenge ran its ttbar analysis at 27.5 MHz on about
+920 workers, about 30 kHz per worker, on real hardware. Writes report.json and report.png here.
+
+usage: python bench/agc/run.py [--workers 1] (as root, after make up)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+STATE = Path(os.environ.get("FACILITY_CLUSTER_DIR", ROOT / ".cluster"))
+KUBECTL = [str(ROOT / ".tools" / "bin" / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}"]
+NAMESPACE, FULLNAME, USER = "facility", "facility", "alice"
+DATASETS = "/store/agc/full/datasets.json"
+GOAL_WARM_OVER_LOCAL = 0.8
+PUBLISHED_HZ_PER_WORKER = 27.5e6 / 920  # the 200 Gbps challenge, AGC ttbar
+
+# In alice's notebook pod: the notebook's own steps, each timed; prints one JSON line.
+IN_THE_NOTEBOOK = """
+import json, os, sys, time
+sys.path.insert(0, os.path.expanduser("~/examples/agc"))
+import cloudpickle
+import ttbar
+cloudpickle.register_pickle_by_value(ttbar)  # the workers have no ttbar module: send its code
+from facility_client.cluster import FacilityCluster
+workers = int(sys.argv[1])
+times = {}
+began = time.monotonic()
+with FacilityCluster(cores=1, memory="2Gi") as cluster, cluster.get_client() as client:
+    times["cluster_running_s"] = time.monotonic() - began
+    began = time.monotonic()
+    cluster.scale(workers)
+    client.wait_for_workers(workers, timeout=600)
+    times["workers_connected_s"] = time.monotonic() - began
+    server, listing = client.submit(ttbar.where_the_data_are, sys.argv[2]).result()
+    runs = {}
+    for run in ("cold", "warm"):
+        if run == "cold":
+            print("EMPTY-THE-CACHE", flush=True)
+            sys.stdin.readline()
+        began = time.monotonic()
+        result = ttbar.run(ttbar.fileset(server, listing), client)
+        runs[run] = {"seconds": time.monotonic() - began,
+                     "events": sum(result["events"].values()),
+                     "bytes": result["metrics"].get("bytesread")}
+    times["first_histogram_s"] = runs["cold"]["seconds"]
+print(json.dumps({"times": times, "runs": runs}), flush=True)
+"""
+
+
+def say(message: str) -> None:
+    print(f"[bench/agc {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def kubectl(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KUBECTL, *args], capture_output=True, text=True, check=True, **kwargs)
+
+
+def example() -> Any:
+    spec = importlib.util.spec_from_file_location("ttbar", ROOT / "examples/agc/ttbar.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def node_url() -> str:
+    env = dict(line.split("=", 1) for line in (STATE / "cluster.env").read_text().split())
+    return f"https://{env['advertise_ip']}:30443"
+
+
+def login_seconds() -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from tests.integration.oidc import browser_login
+
+    running = kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout
+    spawned = f"pod/jupyter-{USER}" not in running.split()
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory() as folder:
+        result = browser_login(
+            f"{node_url()}/hub/oauth_login",
+            USER,
+            f"/user/{USER}/lab",
+            screenshot=Path(folder) / "lab.png",
+            timeout=600,
+            ignore_https_errors=True,
+        )
+    if not result["ok"]:
+        raise SystemExit(f"the login failed: {result}")
+    return {"login_to_lab_s": time.monotonic() - began, "server_spawned": spawned}
+
+
+def local_run() -> dict[str, Any]:
+    ttbar = example()
+    version = example_data_version()
+    data = Path.home() / ".cache" / "facility" / "data" / f"agc-v{version}"
+    listing = ttbar.read_listing(str(data), DATASETS)
+    began = time.monotonic()
+    result = ttbar.run(ttbar.fileset(str(data), listing))
+    return {"seconds": time.monotonic() - began, "events": sum(result["events"].values())}
+
+
+def example_data_version() -> int:
+    from harness import agc_data
+
+    return agc_data.VERSION
+
+
+def facility_runs(workers: int) -> dict[str, Any]:
+    process = subprocess.Popen(
+        [*KUBECTL, "exec", "-i", "-n", NAMESPACE, f"jupyter-{USER}", "--", "python3", "-c",
+         IN_THE_NOTEBOOK, str(workers), DATASETS],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if line.strip() != "EMPTY-THE-CACHE":
+        raise SystemExit(f"the notebook's side failed before its runs: {line!r}")
+    # Cold: nothing of the data set in the cache (its files are the cache's own, uid 1000).
+    kubectl("exec", "-n", NAMESPACE, f"{FULLNAME}-xcache-0", "--", "rm", "-rf",
+            "/var/cache/xcache/store/agc/full")  # fmt: skip
+    process.stdin.write("\n")
+    process.stdin.flush()
+    out = process.stdout.read()
+    if process.wait(timeout=3600) != 0:
+        raise SystemExit("the notebook's side failed (its errors above)")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def per_core(run: dict[str, Any], cores: int) -> float:
+    return run["events"] / run["seconds"] / cores
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    rates = report["events_per_second_per_core"]
+    waits = report["waits_s"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = ["local disk, 1 process", "XCache cold", "XCache warm"]
+    values = [rates["local"], rates["cold"], rates["warm"]]
+    left.bar(names, [v / 1e3 for v in values], color=["grey", "tab:blue", "tab:green"])
+    left.axhline(PUBLISHED_HZ_PER_WORKER / 1e3, color="red", linestyle="--",
+                 label="200 Gbps challenge, per worker")  # fmt: skip
+    left.set_ylabel("kHz per worker core")
+    left.set_title("AGC ttbar: events per second per core")
+    left.legend(fontsize=8)
+    right.barh(list(waits), list(waits.values()), color="tab:purple")
+    right.set_xlabel("seconds")
+    right.set_title("What a physicist waits for")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=1, help="worker pods (1 core each)")
+    args = parser.parse_args(argv)
+    say("login through the edge in Chromium")
+    login = login_seconds()
+    say(f"{login}; the analysis here, on local disk")
+    local = local_run()
+    say(f"{local}; on the facility ({args.workers} worker(s)), cold then warm")
+    remote = facility_runs(args.workers)
+    rates = {
+        "local": per_core(local, 1),
+        "cold": per_core(remote["runs"]["cold"], args.workers),
+        "warm": per_core(remote["runs"]["warm"], args.workers),
+    }
+    ratio = rates["warm"] / rates["local"]
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "data_set": DATASETS,
+        "workers": args.workers,
+        "runs": {"local": local, **remote["runs"]},
+        "events_per_second_per_core": rates,
+        "warm_over_local": ratio,
+        "goal_warm_over_local": GOAL_WARM_OVER_LOCAL,
+        "goal_met": ratio >= GOAL_WARM_OVER_LOCAL,
+        "published_hz_per_worker": PUBLISHED_HZ_PER_WORKER,
+        "waits_s": {
+            "login to JupyterLab": login["login_to_lab_s"],
+            "FacilityCluster() to Running": remote["times"]["cluster_running_s"],
+            f"scale({args.workers}) to connected": remote["times"]["workers_connected_s"],
+            "first histogram (cold)": remote["times"]["first_histogram_s"],
+        },
+        "login_included_a_spawn": login["server_spawned"],
+    }
+    (HERE / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, HERE / "report.png")
+    say(f"warm/local {ratio:.2f} (goal {GOAL_WARM_OVER_LOCAL}); wrote report.json, report.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
