@@ -274,3 +274,32 @@ def test_the_chart_lets_no_worker_reach_another_clusters_pods() -> None:
     components = {p["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
                   for p in peers if "podSelector" in p}  # fmt: skip
     assert components == {"edge", "xcache"}, components
+
+
+def test_the_hub_trusts_the_providers_ca_from_auth_oidc_ca_bundle() -> None:
+    """auth.oidc.caBundle: the ConfigMap mounted in the hub alone, its key where
+    FACILITY_OIDC_CA_FILE points (hub_config.auth reads it); without it, neither."""
+
+    def hub_spec(*extra: str) -> dict[str, Any]:
+        objs = objects(render(VALUES_DIR / "everything.yaml", "facility", *extra))
+        (hub,) = [
+            o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-hub")
+        ]
+        return hub["spec"]["template"]["spec"]
+
+    plain = hub_spec()
+    assert "oidc-ca" not in {v["name"] for v in plain["volumes"]}
+    spec = hub_spec(
+        "--set",
+        "auth.oidc.caBundle.configMap=site-ca",
+        "--set",
+        "auth.oidc.caBundle.key=bundle.pem",
+    )
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "oidc-ca"]
+    assert volume["configMap"] == {"name": "site-ca"}
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FACILITY_OIDC_CA_FILE"] == "/etc/facility-oidc-ca/bundle.pem"
+    assert {"name": "oidc-ca", "mountPath": "/etc/facility-oidc-ca", "readOnly": True} in (
+        container["volumeMounts"]
+    )
