@@ -191,12 +191,16 @@ def plot(histogram: hist.Hist, path: str | None = None) -> Any:
     if path:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import mplhep
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = {"4j1b": "$H_T$ [GeV] (4 jets, 1 b)", "4j2b": "$m_{bjj}$ [GeV] (4 jets, >= 2 b)"}
+    # The same order in every run (the workers' results arrive in any order): signal on top.
+    processes = sorted(histogram.axes["process"], key=lambda name: (name == "ttbar", name))
     for axis, region in zip(axes, ("4j1b", "4j2b"), strict=True):
-        stack = histogram[:, region, :, "nominal"].stack("process")
-        stack.plot(ax=axis, stack=True, histtype="fill", linewidth=1, edgecolor="grey")
+        parts = [histogram[:, region, process, "nominal"] for process in processes]
+        mplhep.histplot(parts, ax=axis, stack=True, histtype="fill", label=processes,
+                        edgecolor="grey", linewidth=1)  # fmt: skip
         axis.set_xlabel(labels[region])
         axis.set_ylabel("events")
         axis.legend(fontsize=8)
@@ -246,7 +250,7 @@ if __name__ == "__main__" and "get_ipython" in globals():  # in the notebook, th
     print(f"{events:,} events in {result['seconds']:.1f} s")
     with open("ttbar-histograms.json", "w") as out:  # the bin contents, for a comparison
         json.dump(summary(histogram), out)
-    plot(histogram)
+    figure = plot(histogram)
 
 
 # %% [script]

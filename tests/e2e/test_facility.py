@@ -605,6 +605,24 @@ def pod_ip(facility: Facility, component: str, cluster: str = "", user: str = ""
     return str(pod["status"]["podIP"])
 
 
+# In alice's notebook pod: a stat through XCache with her own token, and with the same token
+# claiming another subject (the signature stays hers), by the XRootD bindings the workers use.
+FORGED_READ = """
+import base64, json, os, sys
+from XRootD import client
+from facility_client.tokens import token_file
+header, payload, signature = token_file().read_text().strip().split(".")
+claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+claims["sub"] = "mallory"
+body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+answers = {}
+for case, token in (("own", None), ("forged", ".".join([header, body, signature]))):
+    if token:
+        os.environ["BEARER_TOKEN"] = token  # WLCG discovery: before any token file
+    status, _ = client.FileSystem(os.environ["FACILITY_XCACHE"]).stat(sys.argv[1])
+    answers[case] = {"ok": status.ok, "message": "" if status.ok else status.message}
+print(json.dumps(answers))
+"""
 AGC = "examples/agc/ttbar.ipynb"  # in the home, where the analysis image's server copies it
 
 
@@ -664,7 +682,7 @@ def test_a_physicist_runs_the_agc_notebook_on_data_through_xcache(facility: Faci
     click would), on a FacilityCluster whose worker pods the operator makes; they read the
     sample files (ci/origin) through XCache with her own token. Its histograms equal, bin by
     bin, those of the same analysis run here directly on the origin's files; XCache holds every
-    file it served; without a token it serves nothing; Chromium shows the rendered plot
+    file it served; a forged token reads nothing; Chromium shows the rendered plot
     (a screenshot kept in reports/e2e)."""
     if not (server(facility) or {}).get("ready"):
         start_server(facility)
@@ -689,15 +707,14 @@ def test_a_physicist_runs_the_agc_notebook_on_data_through_xcache(facility: Faci
     ).split()  # fmt: skip
     wanted = {path for entry in listing.values() for path in entry["files"]}
     assert {path.removeprefix("/var/cache/xcache") for path in kept} == wanted
-    # Without a token, the cache serves nothing (ztn: the client has none to offer).
-    anonymous = in_notebook_pod(
-        facility, USER, "sh", "-c",
-        f'BEARER_TOKEN_FILE=/nonexistent xrdfs "$FACILITY_XCACHE" stat /store/agc/{DATA_SET}/',
-    )  # fmt: skip
-    assert anonymous.returncode != 0, anonymous.stdout
-    assert "Auth failed" in anonymous.stderr or "Permission denied" in anonymous.stderr, (
-        anonymous.stderr
-    )
+    # The cache checks the token's signature: alice's own reads, the same token with another
+    # subject (its signature no longer matches) reads nothing.
+    answers = json.loads(in_notebook_pod(
+        facility, USER, "python3", "-c", FORGED_READ, f"/store/agc/{DATA_SET}/datasets.json",
+    ).stdout)  # fmt: skip
+    assert answers["own"] == {"ok": True, "message": ""}, answers
+    assert answers["forged"]["ok"] is False, answers
+    assert "permission denied" in answers["forged"]["message"], answers
 
     # What she sees: JupyterLab renders the executed notebook with its plot.
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -741,7 +758,7 @@ def test_the_same_analysis_runs_from_a_laptop(facility: Facility, tmp_path: Path
         env=laptop, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr
-    assert jwt_claims((tmp_path / "bearer-token").read_text())["scope"] == "storage.read:/store"
+    assert jwt_claims((tmp_path / "bearer-token").read_text())["scope"] == "storage.read:/"
     began = time.monotonic()
     ran = subprocess.run(
         [python, str(ROOT / "examples/agc/ttbar.py"), "--api-url",

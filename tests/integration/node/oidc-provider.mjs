@@ -18,6 +18,8 @@
 //     [--id-token-ttl S (OIDC_ID_TOKEN_TTL, default 3600)]
 //     [--refresh-token-ttl S (OIDC_REFRESH_TOKEN_TTL, default 14 days)]
 //     [--no-refresh-tokens (OIDC_NO_REFRESH_TOKENS=1): issue no refresh tokens at all]
+//     [--signing-key FILE (OIDC_SIGNING_KEY): keep the signing key (a JWK) there, made if missing,
+//       so that a restart keeps the key that verifiers cached]
 //     [--tls-cert PEM --tls-key PEM (OIDC_TLS_CERT, OIDC_TLS_KEY): serve HTTPS (an issuer whose
 //       keys XCache's SciTokens plugin fetches must be https)]
 //     [--storage-audience URL (OIDC_STORAGE_AUDIENCE) --storage-scopes "S ..." (OIDC_STORAGE_SCOPES):
@@ -48,7 +50,7 @@
 //   error <event> <error>: <description>
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
 import { parseArgs } from 'node:util';
@@ -75,6 +77,7 @@ const { values: opts } = parseArgs({
     'tls-key': { type: 'string', default: process.env.OIDC_TLS_KEY },
     'storage-audience': { type: 'string', default: process.env.OIDC_STORAGE_AUDIENCE },
     'storage-scopes': { type: 'string', default: process.env.OIDC_STORAGE_SCOPES ?? '' },
+    'signing-key': { type: 'string', default: process.env.OIDC_SIGNING_KEY },
   },
 });
 if (!opts.clients || !opts.accounts) {
@@ -152,10 +155,19 @@ function log(line) {
   console.log(line);
 }
 
-// An RSA signing key for ID tokens, made at start (oidc-provider would otherwise use a
-// built-in development key and warn). Tests never need the key to survive a restart.
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'test-key', use: 'sig', alg: 'RS256' };
+// The RSA signing key of the tokens (oidc-provider would otherwise use a built-in development
+// key and warn), made at start.
+// With --signing-key FILE the key is kept there (made at the first start): verifiers that cache
+// the issuer's keys (XCache's SciTokens library does, for minutes) go on accepting its tokens
+// after a restart. Each key has an id of its own.
+function signingKeyOf(file) {
+  if (file && existsSync(file)) return JSON.parse(readFileSync(file, 'utf8'));
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = { ...privateKey.export({ format: 'jwk' }), kid: `key-${randomBytes(6).toString('hex')}`, use: 'sig', alg: 'RS256' };
+  if (file) writeFileSync(file, JSON.stringify(jwk), { mode: 0o600 });
+  return jwk;
+}
+const signingKey = signingKeyOf(opts['signing-key']);
 
 function configuration() {
   return {
