@@ -39,8 +39,6 @@ import uproot
 VERSION = 1
 TREE = "Events"
 STORE = "store/agc"
-# The integrated luminosity the weights are scaled to, in pb^-1 (the AGC's 2015 CMS Open Data).
-LUMINOSITY = 3378.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,8 @@ class DataSet:
     events_per_file: int
 
 
-# full: about 1.5 GB, for make up's facility and bench/agc; small: about 40 MB, for the tests.
+# full: 1.3 GB (8.8 million events), for make up's facility and bench/agc; small: 54 MB (400,000
+# events), for the tests.
 SETS = {
     "full": DataSet({"ttbar": 10, "wjets": 6}, 400_000),
     "small": DataSet({"ttbar": 2}, 40_000),

@@ -2,7 +2,7 @@
 """The example analysis (examples/agc/ttbar.py) on `make up`'s facility, timed as a physicist
 waits for it (a report, not a test).
 
-On `make up`'s running facility (its full data set, 1.5 GB), one run:
+On `make up`'s running facility (its full data set, 1.3 GB), one run:
 
 - login: Chromium logs in as alice through the edge until JupyterLab has loaded (her server's
   spawn included when it was not running; the report says which);
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -38,6 +37,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from harness.examples import agc_analysis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -89,15 +90,6 @@ def kubectl(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*KUBECTL, *args], capture_output=True, text=True, check=True, **kwargs)
 
 
-def example() -> Any:
-    spec = importlib.util.spec_from_file_location("ttbar", ROOT / "examples/agc/ttbar.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def node_url() -> str:
     env = dict(line.split("=", 1) for line in (STATE / "cluster.env").read_text().split())
     return f"https://{env['advertise_ip']}:30443"
@@ -125,19 +117,13 @@ def login_seconds() -> dict[str, Any]:
 
 
 def local_run() -> dict[str, Any]:
-    ttbar = example()
-    version = example_data_version()
-    data = Path.home() / ".cache" / "facility" / "data" / f"agc-v{version}"
+    """On the origin's own files (ci/origin's folder), in this process."""
+    ttbar = agc_analysis()
+    data = STATE / "origin" / "data"
     listing = ttbar.read_listing(str(data), DATASETS)
     began = time.monotonic()
     result = ttbar.run(ttbar.fileset(str(data), listing))
     return {"seconds": time.monotonic() - began, "events": sum(result["events"].values())}
-
-
-def example_data_version() -> int:
-    from harness import agc_data
-
-    return agc_data.VERSION
 
 
 def facility_runs(workers: int) -> dict[str, Any]:

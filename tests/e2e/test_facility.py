@@ -17,7 +17,6 @@ real-node cluster makes the module fail at once.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import secrets
@@ -35,6 +34,7 @@ import pytest
 import requests
 import yaml
 
+from harness.examples import agc_analysis
 from tests.conftest import ROOT, TOOLS, wait_for
 from tests.integration.oidc import browser_login, jwt_claims
 
@@ -76,6 +76,8 @@ KEPT_AFTER_UNINSTALL = {
 
 # The node port of the tests' own edge: make up's, when its cluster is shared, or the default.
 SHARED_NODE_PORT = 30444
+# ci/up's processes on this machine, at the cluster's port base plus these.
+OIDC_PORT_OFFSET, ORIGIN_PORT_OFFSET = 90, 94
 DATA_SET = "small"
 # The results of the end-to-end tests that a person looks at (the analysis' plot).
 ARTIFACTS = ROOT / "reports" / "e2e"
@@ -96,6 +98,12 @@ class Facility:
     @property
     def url(self) -> str:
         return f"https://{self.node_ip}:{self.node_port}"
+
+    @property
+    def port_base(self) -> int:
+        """The cluster's FACILITY_CLUSTER_PORT_BASE, as ci/cluster wrote it."""
+        env = dict(line.split("=", 1) for line in (self.state / "cluster.env").read_text().split())
+        return int(env["base"])
 
     def kubectl(self, *args: str, check: bool = True, **kwargs: Any) -> str:
         done = subprocess.run(
@@ -624,16 +632,6 @@ print(json.dumps({"ok": status.ok, "message": "" if status.ok else status.messag
 AGC = "examples/agc/ttbar.ipynb"  # in the home, where the analysis image's server copies it
 
 
-def example_analysis() -> Any:
-    """examples/agc/ttbar.py as a module: the analysis the notebook holds, to run it here."""
-    spec = importlib.util.spec_from_file_location("ttbar", ROOT / "examples/agc/ttbar.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def in_notebook_pod(facility: Facility, user: str, *argv: str, timeout: float = 120) -> Any:
     """A command in the user's notebook pod (kubectl exec: the pod's own environment)."""
     return subprocess.run(
@@ -650,7 +648,7 @@ DATASETS = f"/store/agc/{DATA_SET}/datasets.json"
 def direct_run(origin_data: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(listing, histograms) of the example analysis, run in this process on the origin's own
     files (no cache, no Dask)."""
-    ttbar = example_analysis()
+    ttbar = agc_analysis()
     listing = ttbar.read_listing(origin_data, DATASETS)
     return listing, ttbar.summary(ttbar.run(ttbar.fileset(origin_data, listing))["histogram"])
 
@@ -1062,6 +1060,10 @@ def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
         "the proxy's route API": [pod_ip(facility, "proxy"), 8001],
         "the operator's user API": [pod_ip(facility, "operator"), operator_port],
         "the operator's edge routes": [pod_ip(facility, "operator"), routes_port],
+        # On this machine: the data origin behind XCache (no token asked: only the cache may
+        # reach it) and the login provider (the hub's alone).
+        "the data origin": [facility.node_ip, facility.port_base + ORIGIN_PORT_OFFSET],
+        "the login provider": [facility.node_ip, facility.port_base + OIDC_PORT_OFFSET],
     }
     target = {
         "namespace": NAMESPACE, "cluster": cluster_id, "sni": f"{cluster_id}.{domain}",
@@ -1098,6 +1100,8 @@ def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
                 "the proxy's route API": False,
                 "the operator's user API": True,  # the user API; the token decides (above)
                 "the operator's edge routes": False,
+                "the data origin": False,
+                "the login provider": False,
             }, seen["reach"]
             # TLS through the edge: bob's own scheduler accepts his certificate; alice's refuses it.
             assert seen["handshake"] == {

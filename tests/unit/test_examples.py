@@ -4,7 +4,6 @@ says it does. tests/e2e runs the same notebook on the facility."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import uproot
 
 from harness import agc_data, notebooks
+from harness.examples import agc_analysis
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "agc" / "ttbar.py"
@@ -50,20 +50,14 @@ def test_the_sample_data_are_reproducible_and_shaped_by_process() -> None:
     assert not ak.all(first["MET_pt"] == other["MET_pt"])
     w = agc_data.events(wjets, 2000, seed=7)
     assert ak.mean(ak.num(first["Jet"])) > 2 * ak.mean(ak.num(w["Jet"]))
-    b_tagged = lambda e: ak.mean(ak.sum(e["Jet"].btagCSVV2 >= 0.5, axis=1))  # noqa: E731
+
+    def b_tagged(sample: dict[str, Any]) -> float:
+        return float(ak.mean(ak.sum(sample["Jet"].btagCSVV2 >= 0.5, axis=1)))
+
     assert b_tagged(first) > 1.5 > 0.5 > b_tagged(w)
     # Leading jets first, as NanoAOD orders them.
     pt = first["Jet"].pt
     assert ak.all(pt[:, :-1] >= pt[:, 1:])
-
-
-def example() -> Any:
-    spec = importlib.util.spec_from_file_location("ttbar", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_analysis_selects_and_fills_its_regions(
@@ -82,7 +76,7 @@ def test_the_analysis_selects_and_fills_its_regions(
         assert tree.num_entries == 3000
         assert {"nJet", "Jet_btagCSVV2", "Muon_tightId", "Electron_cutBased"} <= set(tree.keys())
 
-    ttbar = example()
+    ttbar = agc_analysis()
     datasets = "/store/agc/tiny/datasets.json"
     result = ttbar.run(ttbar.fileset(str(tmp_path), ttbar.read_listing(str(tmp_path), datasets)))
     assert sum(result["events"].values()) == 3000 * 2 * len(agc_data.SAMPLES)
