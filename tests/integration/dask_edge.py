@@ -67,13 +67,16 @@ def chart_edge(*settings: str) -> tuple[list[str], dict[str, str]]:
 
 def edge_files(files: dict[str, str], folder: Path, hub: str) -> dict[str, str]:
     """The chart's edge files for a Traefik on loopback that reads them from `folder`: the
-    hub's route pointing at `hub` (a URL), the certificate's paths in `folder`."""
+    hub's route pointing at `hub` (a URL), the certificate's paths (the SNI list's and the
+    default's) in `folder`."""
     local = {}
     for name, text in files.items():
         config = yaml.safe_load(text)
         for service in (config.get("http") or {}).get("services", {}).values():
             service["loadBalancer"]["servers"] = [{"url": hub}]
-        for certificate in (config.get("tls") or {}).get("certificates", []):
+        tls = config.get("tls") or {}
+        stores = [store.get("defaultCertificate") for store in tls.get("stores", {}).values()]
+        for certificate in [*tls.get("certificates", []), *filter(None, stores)]:
             for key in ("certFile", "keyFile"):
                 certificate[key] = str(folder / Path(certificate[key]).name)
         local[name] = yaml.safe_dump(config)
