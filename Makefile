@@ -90,5 +90,9 @@ bench: venv tools cluster-up ## Benchmarks, not tests (root): bench/<name>/repor
 	$(VENV)/bin/python bench/dask_edge/run.py
 	$(VENV)/bin/python bench/workers/run.py
 
+.PHONY: bench-agc
+bench-agc: venv ## The example analysis on make up's facility (after make up): bench/agc/report.json and .png
+	$(VENV)/bin/python bench/agc/run.py
+
 clean: ## Remove the virtualenv and tool links (the tool cache in ~/.cache stays)
 	rm -rf $(VENV) .tools

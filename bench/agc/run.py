@@ -38,6 +38,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from harness.browser_network import browser_network
 from harness.examples import agc_analysis
 
 HERE = Path(__file__).resolve().parent
@@ -101,8 +102,8 @@ def login_seconds() -> dict[str, Any]:
 
     running = kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout
     spawned = f"pod/jupyter-{USER}" not in running.split()
-    began = time.monotonic()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, browser_network() as prefix:
+        began = time.monotonic()
         result = browser_login(
             f"{node_url()}/hub/oauth_login",
             USER,
@@ -110,6 +111,7 @@ def login_seconds() -> dict[str, Any]:
             screenshot=Path(folder) / "lab.png",
             timeout=600,
             ignore_https_errors=True,
+            prefix=prefix,
         )
     if not result["ok"]:
         raise SystemExit(f"the login failed: {result}")

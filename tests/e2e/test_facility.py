@@ -34,6 +34,7 @@ import pytest
 import requests
 import yaml
 
+from harness.browser_network import browser_network
 from harness.examples import agc_analysis
 from tests.conftest import ROOT, TOOLS, wait_for
 from tests.integration.oidc import browser_login, jwt_claims
@@ -93,6 +94,7 @@ class Facility:
     token: str  # an admin service's API token (tests/e2e's own values)
     node_port: int = 30443
     shared: bool = False  # on make up's cluster, beside its facility
+    browser: list[str] = field(default_factory=list)  # runs Chromium in its own network
     durations: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -176,6 +178,21 @@ class Facility:
         )
 
 
+def logged_in(facility: Facility, seen: dict[str, Any]) -> dict[str, Any]:
+    """`seen` (browser_login's result) when the login worked; else the test fails with what the
+    hub and the OpenID provider logged last, where a failed callback's reason is."""
+    if not seen["ok"]:
+        hub = facility.kubectl("logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=hub",
+                               "--tail=40", check=False)  # fmt: skip
+        provider = facility.state / "logs" / "oidc-provider.log"
+        provider_tail = provider.read_text().splitlines()[-20:] if provider.exists() else []
+        pytest.fail(
+            f"the browser login failed: {seen}\nthe hub's last lines:\n{hub}\n"
+            "the provider's last lines:\n" + "\n".join(provider_tail)
+        )
+    return seen
+
+
 def report(request: pytest.FixtureRequest, line: str) -> None:
     """A line in pytest's own output, past its capture (durations, which the README quotes)."""
     capture = request.config.pluginmanager.getplugin("capturemanager")
@@ -253,7 +270,8 @@ def facility(
             if line.startswith("advertise_ip=")
         )
         assert "mode=real" in cluster_env.splitlines()
-        yield site
+        with browser_network() as site.browser:
+            yield site
     finally:
         if shared:
             remove_release(site)
@@ -287,7 +305,10 @@ def make_up_cluster_runs() -> bool:
 
 
 def remove_release(site: Facility) -> None:
-    """What the tests added to make up's cluster goes; make up's facility stays."""
+    """What the tests added to make up's cluster goes; make up's facility stays. Clusters a
+    failed test left go first, while their operator still runs to remove its finalizers."""
+    site.kubectl("delete", "daskclusters", "--all", "-n", NAMESPACE, "--ignore-not-found",
+                 "--wait", "--timeout=100s", check=False)  # fmt: skip
     subprocess.run(
         [str(TOOLS / "helm"), f"--kubeconfig={site.state / 'kubeconfig'}", "uninstall", RELEASE,
          "--namespace", NAMESPACE, "--wait", "--ignore-not-found"],
@@ -390,8 +411,9 @@ def test_a_user_logs_in_through_the_edge_and_gets_jupyterlab(
         screenshot=screenshot,
         timeout=300,
         ignore_https_errors=True,
+        prefix=facility.browser,
     )
-    assert result["ok"], result
+    logged_in(facility, result)
     assert result["login_page_seen"], result
     assert result["final_url"].startswith(f"{facility.url}/user/{USER}/lab"), result
     assert "JupyterLab" in (result["title"] or ""), result
@@ -725,9 +747,10 @@ def test_a_physicist_runs_the_agc_notebook_on_data_through_xcache(facility: Faci
         screenshot=shot,
         timeout=300,
         ignore_https_errors=True,
+        prefix=facility.browser,
         wait_for=".jp-RenderedImage img",
     )
-    assert seen["ok"], seen
+    logged_in(facility, seen)
     assert seen["waited_for"] == ".jp-RenderedImage img"
     assert shot.stat().st_size > 10_000
 
@@ -794,9 +817,15 @@ def test_the_dask_panels_new_button_makes_a_cluster_that_computes(facility: Faci
     "+ NEW" makes a FacilityCluster (the panel's factory, no argument: the notebook's
     environment says where the edge is), and the panel lists it. It is the operator's cluster,
     computes from her notebook, its dashboard opens through her server, and the panel's
-    shutdown ends it (a screenshot of the panel kept in reports/e2e)."""
+    shutdown ends it (a screenshot of the panel kept in reports/e2e). A second "+ NEW", past
+    her quota of two clusters, shows the operator's reason in the panel's error dialog."""
     if not (server(facility) or {}).get("ready"):
         start_server(facility)
+    alice = {"Authorization": f"token {user_token(facility, USER)}"}
+    clusters = f"{facility.url}/services/dask/clusters"
+    other = requests.post(clusters, headers=alice, verify=False,
+                          json={"minWorkers": 0, "maxWorkers": 0}, timeout=60)  # fmt: skip
+    assert other.status_code == 201, other.text  # her first; the panel makes her second
     before = alices_clusters(facility)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     steps = [
@@ -804,6 +833,11 @@ def test_the_dask_panels_new_button_makes_a_cluster_that_computes(facility: Faci
         {"click": "text=/^\\s*NEW\\s*$/"},
         {"wait": "text=/Cluster \\d+/"},
         {"screenshot": str(ARTIFACTS / "dask-panel.png")},
+        # The button's caption says "Cluster starting..." until the panel is ready again.
+        {"wait": '[title="Start New Dask Cluster"]'},
+        {"click": "text=/^\\s*NEW\\s*$/"},
+        {"wait": f"text=/quota exceeded: at most 2 clusters for {USER}/"},
+        {"screenshot": str(ARTIFACTS / "dask-panel-quota.png")},
     ]
     seen = browser_login(
         f"{facility.url}/hub/oauth_login?next=/user/{USER}/lab",
@@ -812,12 +846,13 @@ def test_the_dask_panels_new_button_makes_a_cluster_that_computes(facility: Faci
         screenshot=ARTIFACTS / "dask-panel-end.png",
         timeout=420,
         ignore_https_errors=True,
+        prefix=facility.browser,
         steps=steps,
     )
-    assert seen["ok"], seen
+    logged_in(facility, seen)
     assert seen["steps_done"] == len(steps)
     (listed,) = facility.api("GET", f"/user/{USER}/dask/clusters").json()
-    (made,) = alices_clusters(facility) - before
+    (made,) = alices_clusters(facility) - before  # one: the refused "+ NEW" made nothing
     phase = facility.json("get", "daskcluster", made, "-n", NAMESPACE)["status"]["phase"]
     assert phase == "Running"
     dashboard = f"/user/{USER}/proxy/{made}-scheduler.{NAMESPACE}:8787/status"
@@ -830,6 +865,9 @@ def test_the_dask_panels_new_button_makes_a_cluster_that_computes(facility: Faci
     gone = facility.api("DELETE", f"/user/{USER}/dask/clusters/{listed['id']}")
     assert gone.status_code in (200, 204), gone.text
     wait_for(lambda: not dask_objects(facility, made), "the panel's cluster to go", 180)
+    ended = requests.delete(f"{clusters}/{other.json()['id']}", headers=alice, verify=False,
+                            timeout=60)  # fmt: skip
+    assert ended.status_code in (200, 202, 204), ended.text
 
 
 def test_the_internet_facing_edge_holds_no_token_and_reaches_no_api_server(
@@ -1045,8 +1083,8 @@ def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
     # bob logs in as a user does (his server starts, with his identity provider's tokens).
     login = browser_login(f"{facility.url}/hub/oauth_login", ATTACKER, f"/user/{ATTACKER}/lab",
                           screenshot=facility.work / "bob-lab.png", timeout=300,
-                          ignore_https_errors=True)  # fmt: skip
-    assert login["ok"], login
+                          ignore_https_errors=True, prefix=facility.browser)  # fmt: skip
+    logged_in(facility, login)
     wait_for(lambda: (server(facility, ATTACKER) or {}).get("ready"), "bob's server", 300)
     domain = CHART_DEFAULTS_UP["edge"]["dask"]["domain"]
     operator_port = CHART_DEFAULTS["operator"]["apiPort"]

@@ -335,12 +335,14 @@ def browser_login(
     ignore_https_errors: bool = False,
     wait_for: str = "",
     steps: Sequence[Mapping[str, str]] = (),
+    prefix: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Log in in headless Chromium (node/browser-login.mjs); returns its JSON result.
 
     ignore_https_errors: accept a self-signed certificate (the edge's own, in tests/e2e).
     wait_for: a CSS selector to wait for once there (e.g. a notebook's rendered plot).
     steps: then what a person does, in order ({"click"|"wait": selector}, {"screenshot": file}).
+    prefix: a command that runs the browser elsewhere (harness.browser_network's namespace).
 
     The result has ok, final_url, title, status, screenshot, login_page_seen, and error when
     ok is false. Fails the test if Chromium is missing or the script itself crashed.
@@ -350,6 +352,7 @@ def browser_login(
         pytest.fail(f"{CHROMIUM} is missing: run ci/prereqs (apt-get install chromium)")
     done = subprocess.run(
         [
+            *prefix,
             "node",
             str(BROWSER_SCRIPT),
             f"--start-url={start_url}",
