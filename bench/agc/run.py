@@ -4,8 +4,8 @@ waits for it (a report, not a test).
 
 On `make up`'s running facility (its full data set, 1.3 GB), one run:
 
-- login: Chromium logs in as alice through the edge until JupyterLab has loaded (her server's
-  spawn included when it was not running; the report says which);
+- login: Chromium logs in as alice through the edge until JupyterLab has loaded, her server to
+  start (stopped first on the hub's home page);
 - local: the analysis in this process on the data set's files on local disk (no cache, no Dask);
 - then, in alice's notebook pod (kubectl exec: her environment, her token), one FacilityCluster:
   `FacilityCluster()` to Running, `scale(n)` to n workers connected, and the analysis twice on
@@ -47,16 +47,18 @@ STATE = Path(os.environ.get("FACILITY_CLUSTER_DIR", ROOT / ".cluster"))
 KUBECTL = [str(ROOT / ".tools" / "bin" / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}"]
 NAMESPACE, FULLNAME, USER = "facility", "facility", "alice"
 DATASETS = "/store/agc/full/datasets.json"
+CACHED = "/var/cache/xcache/store/agc/full"  # the data set in XCache's volume (uid 1000)
 GOAL_WARM_OVER_LOCAL = 0.8
 PUBLISHED_HZ_PER_WORKER = 27.5e6 / 920  # the 200 Gbps challenge, AGC ttbar
 
 # In alice's notebook pod: the notebook's own steps, each timed; prints one JSON line.
 IN_THE_NOTEBOOK = """
-import json, os, sys, time
-sys.path.insert(0, os.path.expanduser("~/examples/agc"))
-import cloudpickle
-import ttbar
-cloudpickle.register_pickle_by_value(ttbar)  # the workers have no ttbar module: send its code
+import json, os, sys, time, types
+# The example as a module that no process can import (not in sys.modules): Dask then sends its
+# functions by value, as it does for a notebook's own cells.
+path = os.path.expanduser("~/examples/agc/ttbar.py")
+ttbar = types.ModuleType("ttbar_sent_by_value")
+exec(compile(open(path).read(), path, "exec"), ttbar.__dict__)
 from facility_client.cluster import FacilityCluster
 workers = int(sys.argv[1])
 times = {}
@@ -78,6 +80,9 @@ with FacilityCluster(cores=1, memory="2Gi") as cluster, cluster.get_client() as 
         runs[run] = {"seconds": time.monotonic() - began,
                      "events": sum(result["events"].values()),
                      "bytes": result["metrics"].get("bytesread")}
+        if run == "cold":
+            print("COLD-DONE", flush=True)
+            sys.stdin.readline()
     times["first_histogram_s"] = runs["cold"]["seconds"]
 print(json.dumps({"times": times, "runs": runs}), flush=True)
 """
@@ -96,26 +101,50 @@ def node_url() -> str:
     return f"https://{env['advertise_ip']}:30443"
 
 
-def login_seconds() -> dict[str, Any]:
+def browse(next_path: str, steps: list[dict[str, str]] | None = None) -> float:
+    """Seconds from a fresh Chromium's first request to `next_path` loaded, after the login at
+    the provider (then the steps, untimed). With no `next`, the hub's own way after a login:
+    to her server, which it starts when it is not running."""
     sys.path.insert(0, str(ROOT))
     from tests.integration.oidc import browser_login
 
-    running = kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout
-    spawned = f"pod/jupyter-{USER}" not in running.split()
     with tempfile.TemporaryDirectory() as folder, browser_network() as prefix:
         began = time.monotonic()
         result = browser_login(
-            f"{node_url()}/hub/oauth_login",
+            f"{node_url()}/hub/oauth_login" + (f"?next={next_path}" if next_path else ""),
             USER,
-            f"/user/{USER}/lab",
-            screenshot=Path(folder) / "lab.png",
+            next_path or f"/user/{USER}/lab",
+            screenshot=Path(folder) / "page.png",
             timeout=600,
             ignore_https_errors=True,
+            # JupyterLab is up when its side bar has the Dask panel's tab.
+            wait_for="" if steps else '.jp-SideBar li.lm-TabBar-tab[title="Dask"]',
+            steps=steps or (),
             prefix=prefix,
         )
+        took = time.monotonic() - began
     if not result["ok"]:
-        raise SystemExit(f"the login failed: {result}")
-    return {"login_to_lab_s": time.monotonic() - began, "server_spawned": spawned}
+        raise SystemExit(f"the browser's walk to {next_path} failed: {result}")
+    return took
+
+
+def login_seconds() -> dict[str, float]:
+    """Her login to a loaded JupyterLab, her server to start (stopped first on the hub's home
+    page, as she would)."""
+    if f"pod/jupyter-{USER}" in kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout:
+        browse("/hub/home", [{"click": "#stop"}, {"wait": "#start"}])
+        deadline = time.monotonic() + 300
+        while f"pod/jupyter-{USER}" in kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"jupyter-{USER} still there 300 s after its stop")
+            time.sleep(1)
+    return {"with_spawn": browse("")}
+
+
+def cache_bytes() -> int:
+    """What XCache holds of the data set (bytes on its volume)."""
+    done = kubectl("exec", "-n", NAMESPACE, f"{FULLNAME}-xcache-0", "--", "du", "-sb", CACHED)
+    return int(done.stdout.split()[0])
 
 
 def local_run() -> dict[str, Any]:
@@ -136,18 +165,30 @@ def facility_runs(workers: int) -> dict[str, Any]:
     )  # fmt: skip
     assert process.stdin is not None
     assert process.stdout is not None
-    line = process.stdout.readline()
-    if line.strip() != "EMPTY-THE-CACHE":
-        raise SystemExit(f"the notebook's side failed before its runs: {line!r}")
-    # Cold: nothing of the data set in the cache (its files are the cache's own, uid 1000).
-    kubectl("exec", "-n", NAMESPACE, f"{FULLNAME}-xcache-0", "--", "rm", "-rf",
-            "/var/cache/xcache/store/agc/full")  # fmt: skip
+
+    def handshake(expected: str) -> None:
+        line = process.stdout.readline() if process.stdout else ""
+        if line.strip() != expected:
+            raise SystemExit(f"the notebook's side failed before {expected}: {line!r}")
+
+    handshake("EMPTY-THE-CACHE")
+    # Cold: nothing of the data set in the cache, so every byte comes from the origin.
+    kubectl("exec", "-n", NAMESPACE, f"{FULLNAME}-xcache-0", "--", "rm", "-rf", CACHED)
+    kubectl("exec", "-n", NAMESPACE, f"{FULLNAME}-xcache-0", "--", "mkdir", "-p", CACHED)
+    emptied = cache_bytes()
+    process.stdin.write("\n")
+    process.stdin.flush()
+    handshake("COLD-DONE")
+    after_cold = cache_bytes()
     process.stdin.write("\n")
     process.stdin.flush()
     out = process.stdout.read()
     if process.wait(timeout=3600) != 0:
         raise SystemExit("the notebook's side failed (its errors above)")
-    return json.loads(out.strip().splitlines()[-1])
+    found = json.loads(out.strip().splitlines()[-1])
+    after_warm = cache_bytes()
+    found["cache_bytes"] = {"emptied": emptied, "after_cold": after_cold, "after_warm": after_warm}
+    return found
 
 
 def per_core(run: dict[str, Any], cores: int) -> float:
@@ -205,12 +246,14 @@ def main(argv: list[str]) -> int:
         "goal_met": ratio >= GOAL_WARM_OVER_LOCAL,
         "published_hz_per_worker": PUBLISHED_HZ_PER_WORKER,
         "waits_s": {
-            "login to JupyterLab": login["login_to_lab_s"],
+            "login to JupyterLab (her server starts)": login["with_spawn"],
             "FacilityCluster() to Running": remote["times"]["cluster_running_s"],
             f"scale({args.workers}) to connected": remote["times"]["workers_connected_s"],
             "first histogram (cold)": remote["times"]["first_histogram_s"],
         },
-        "login_included_a_spawn": login["server_spawned"],
+        # Cold means cold: the cache held nothing of the data set, then all that was read.
+        "xcache_bytes": remote["cache_bytes"],
+        "origin": "ci/origin's xrootd on the same machine (no WAN: bench/xcache measures one)",
     }
     (HERE / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, HERE / "report.png")
