@@ -13,44 +13,53 @@ through it, as a laptop on the site's network would.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-NAMESPACE = "facility-browser"
 NODE_LINK, BROWSER_LINK = "fbrowser-node", "fbrowser-ns"
 # TEST-NET-2 (RFC 5737): never a cluster's pod or Service range, nor a real network.
 NODE_ADDRESS, BROWSER_ADDRESS = "198.51.100.1/30", "198.51.100.2/30"
 
 
-def _ip(*args: str, namespace: bool = False, check: bool = True) -> None:
-    argv = ["ip", *(["netns", "exec", NAMESPACE, "ip"] if namespace else []), *args]
+def _run(*argv: str, check: bool = True) -> None:
     done = subprocess.run(argv, capture_output=True, text=True)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
 
 
-def remove() -> None:
-    """The namespace and its link, if a run left them (deleting one end removes the pair)."""
-    _ip("link", "delete", NODE_LINK, check=False)
-    _ip("netns", "delete", NAMESPACE, check=False)
-
-
 @contextmanager
 def browser_network() -> Iterator[list[str]]:
-    """Makes the namespace (anew), yields the command prefix that runs a program in it, and
-    removes it at the end."""
-    remove()
-    _ip("netns", "add", NAMESPACE)
+    """Yields the command prefix that runs a program in the browser's namespace, and removes
+    the namespace at the end.
+
+    The namespace is held by a process of its own (`unshare --net`), not named under
+    /run/netns: `ip netns add` would bind-mount /run/netns over itself, and the pods'
+    namespaces that containerd mounts there could then no longer be removed."""
+    _run("ip", "link", "delete", NODE_LINK, check=False)  # a link a killed run left
+    holder = subprocess.Popen(
+        ["unshare", "--net", "--", "sh", "-c", "echo ready; exec cat >/dev/null"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        _ip("link", "add", NODE_LINK, "type", "veth", "peer", "name", BROWSER_LINK)
-        _ip("link", "set", BROWSER_LINK, "netns", NAMESPACE)
-        _ip("addr", "add", NODE_ADDRESS, "dev", NODE_LINK)
-        _ip("link", "set", NODE_LINK, "up")
-        _ip("addr", "add", BROWSER_ADDRESS, "dev", BROWSER_LINK, namespace=True)
-        _ip("link", "set", BROWSER_LINK, "up", namespace=True)
-        _ip("link", "set", "lo", "up", namespace=True)
-        _ip("route", "add", "default", "via", NODE_ADDRESS.split("/")[0], namespace=True)
-        yield ["ip", "netns", "exec", NAMESPACE]
+        assert holder.stdout is not None
+        if holder.stdout.readline().strip() != "ready":
+            raise RuntimeError("unshare --net did not start (root is needed)")
+        inside = ["nsenter", f"--target={holder.pid}", "--net", f"--wd={os.getcwd()}", "--"]
+        _run("ip", "link", "add", NODE_LINK, "type", "veth", "peer", "name", BROWSER_LINK)
+        _run("ip", "link", "set", BROWSER_LINK, "netns", str(holder.pid))
+        _run("ip", "addr", "add", NODE_ADDRESS, "dev", NODE_LINK)
+        _run("ip", "link", "set", NODE_LINK, "up")
+        _run(*inside, "ip", "addr", "add", BROWSER_ADDRESS, "dev", BROWSER_LINK)
+        _run(*inside, "ip", "link", "set", BROWSER_LINK, "up")
+        _run(*inside, "ip", "link", "set", "lo", "up")
+        _run(*inside, "ip", "route", "add", "default", "via", NODE_ADDRESS.split("/")[0])
+        yield inside
     finally:
-        remove()
+        if holder.stdin is not None:
+            holder.stdin.close()  # the holder ends, and its namespace with the link's other end
+        holder.wait(timeout=30)
+        _run("ip", "link", "delete", NODE_LINK, check=False)
