@@ -13,7 +13,6 @@ through it, as a laptop on the site's network would.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,9 +47,14 @@ def browser_network() -> Iterator[list[str]]:
         assert holder.stdout is not None
         if holder.stdout.readline().strip() != "ready":
             raise RuntimeError("unshare --net did not start (root is needed)")
-        inside = ["nsenter", f"--target={holder.pid}", "--net", f"--wd={os.getcwd()}", "--"]
+        inside = ["nsenter", f"--target={holder.pid}", "--net", "--"]
+        # No IPv6 inside: its link-local address would appear a moment after the link is up
+        # (duplicate address detection), a network change Chromium would act on.
+        ipv6_off = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+        _run(*inside, "sysctl", "-qw", *ipv6_off)
         _run("ip", "link", "add", NODE_LINK, "type", "veth", "peer", "name", BROWSER_LINK)
         _run("ip", "link", "set", BROWSER_LINK, "netns", str(holder.pid))
+        _run(*inside, "sysctl", "-qw", f"net.ipv6.conf.{BROWSER_LINK}.disable_ipv6=1")
         _run("ip", "addr", "add", NODE_ADDRESS, "dev", NODE_LINK)
         _run("ip", "link", "set", NODE_LINK, "up")
         _run(*inside, "ip", "addr", "add", BROWSER_ADDRESS, "dev", BROWSER_LINK)
