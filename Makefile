@@ -4,7 +4,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 VENV := .venv
-NODE := tests/integration/node
+NODE := harness/node
 PYTEST := $(VENV)/bin/python -m pytest
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 

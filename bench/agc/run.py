@@ -40,11 +40,12 @@ import matplotlib.pyplot as plt
 
 from harness.browser_network import browser_network
 from harness.examples import agc_analysis
+from harness.oidc import browser_login
+from harness.paths import CLUSTER_DIR, KUBECONFIG, TOOLS
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-STATE = Path(os.environ.get("FACILITY_CLUSTER_DIR", ROOT / ".cluster"))
-KUBECTL = [str(ROOT / ".tools" / "bin" / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}"]
+STATE = CLUSTER_DIR
+KUBECTL = [str(TOOLS / "kubectl"), f"--kubeconfig={KUBECONFIG}"]
 NAMESPACE, FULLNAME, USER = "facility", "facility", "alice"
 DATASETS = "/store/agc/full/datasets.json"
 CACHED = "/var/cache/xcache/store/agc/full"  # the data set in XCache's volume (uid 1000)
@@ -105,9 +106,6 @@ def browse(next_path: str, steps: list[dict[str, str]] | None = None) -> float:
     """Seconds from a fresh Chromium's first request to `next_path` loaded, after the login at
     the provider (then the steps, untimed). With no `next`, the hub's own way after a login:
     to her server, which it starts when it is not running."""
-    sys.path.insert(0, str(ROOT))
-    from tests.integration.oidc import browser_login
-
     with tempfile.TemporaryDirectory() as folder, browser_network() as prefix:
         began = time.monotonic()
         result = browser_login(

@@ -3,7 +3,7 @@
 (a report, not a test).
 
 One cluster identity (facility_operator.certs), one real Traefik with the chart's entrypoint and
-the operator's route shape (tests/integration/dask_edge.py), and, for each run, a fresh scheduler
+the operator's route shape (harness/dask_edge.py), and, for each run, a fresh scheduler
 (`scheduler_security`), `--workers` `dask worker` processes and a client, all with mutual TLS.
 In a "direct" run the client and the workers dial the scheduler's own port; in an "edge" run
 they dial Traefik's port with the cluster's SNI, and Traefik passes the TLS stream through.
@@ -34,7 +34,6 @@ import platform
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,19 +43,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import dask
+import distributed
 import matplotlib.pyplot as plt
+from distributed import Client
+from facility_operator.certs import new_facility_ca
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT))
-
-import dask  # noqa: E402
-import distributed  # noqa: E402
-from distributed import Client  # noqa: E402
-from facility_operator.certs import new_facility_ca  # noqa: E402
-
-from tests.conftest import free_port, tool  # noqa: E402
-from tests.integration.dask_edge import (  # noqa: E402
+from harness.commands import tool
+from harness.dask_edge import (
     LOOPBACK,
     Cluster,
     Edge,
@@ -65,6 +59,9 @@ from tests.integration.dask_edge import (  # noqa: E402
     running_scheduler,
     running_worker,
 )
+from harness.net import free_port
+
+HERE = Path(__file__).resolve().parent
 
 GOAL = 0.9  # edge / direct, for both figures
 MODES = ("direct", "edge")

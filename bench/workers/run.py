@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -39,18 +38,16 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import distributed
 import matplotlib.pyplot as plt
+from facility_client.cluster import FacilityCluster
+
+from harness.commands import kubectl
+from harness.net import free_port
+from harness.operator_stack import Facility, running_facility
+from harness.slurm import SlurmCluster, batch_system
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT))
-
-import distributed  # noqa: E402
-from facility_client.cluster import FacilityCluster  # noqa: E402
-
-from tests.conftest import free_port, kubectl  # noqa: E402
-from tests.integration.operator_stack import Facility, running_facility  # noqa: E402
-from tests.integration.slurm import SlurmCluster, batch_system  # noqa: E402
 
 GOAL_SECONDS = 5.0  # scale(2) -> the operator's second worker
 NAMESPACE = "bench-workers"

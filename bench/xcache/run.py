@@ -33,12 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.integration.xcache_data import write_nanoaod  # noqa: E402
-from tests.integration.xcache_sandbox import (  # noqa: E402
+from harness.xcache_data import write_nanoaod
+from harness.xcache_sandbox import (
     ORIGIN_PORT,
     SERVICE,
     CachePod,
@@ -50,6 +46,8 @@ from tests.integration.xcache_sandbox import (  # noqa: E402
     server_env,
     workdir,
 )
+
+HERE = Path(__file__).resolve().parent
 
 # Addresses of the link between the two namespaces: RFC 2544's benchmarking range, which exists
 # only inside them.
@@ -336,7 +334,7 @@ class Bench:
                 "MB": self.size / 1e6,
                 "events": self.args.events * len(self.local),
                 "shape": "NanoAOD-like Events tree, 28 branches "
-                "(tests/integration/xcache_data.py), written with uproot",
+                "(harness/xcache_data.py), written with uproot",
             },
             "reader": "uproot 5, every branch of Events (bench/xcache/reader.py), a fresh "
             "process per pass; local disk and the cache's volume are both in the page cache",

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import CHART, helm
+from harness.commands import helm
+from harness.paths import CHART
 
 HOST = {"edge": {"host": "af.example.org"}}
 

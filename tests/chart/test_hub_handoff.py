@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
+from harness.chart import VALUES_FILES, handed_over
 from hub_config.config import configure
 from hub_config.facility import ConfigError
-from tests.chart.render import VALUES_FILES, handed_over
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)

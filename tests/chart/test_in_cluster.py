@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.render import DEV_INSTALL, VALUES_FILES, render
-from tests.conftest import CHART, helm, kubectl, wait_for
+from harness.chart import DEV_INSTALL, VALUES_FILES, render
+from harness.commands import helm, kubectl
+from harness.paths import CHART
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.render import VALUES_FILES, objects, render
-from tests.conftest import CHART, ROOT, helm
+from harness.chart import VALUES_FILES, objects, render
+from harness.commands import helm
+from harness.paths import CHART, ROOT
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)

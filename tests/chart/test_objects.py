@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.render import VALUES_DIR, VALUES_FILES, objects, render
-from tests.conftest import ROOT
+from harness.chart import VALUES_DIR, VALUES_FILES, objects, render, restricted_violations
+from harness.paths import ROOT
 
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 COMPONENTS = {"hub", "proxy", "edge", "operator"}
@@ -44,37 +44,6 @@ def test_every_object_is_labelled_and_namespaced(values: Path) -> None:
         assert "app.kubernetes.io/component" in labels, where
         # Nothing cluster-scoped but the CRD (crds/, which helm template leaves out).
         assert meta.get("namespace") == "facility", where
-
-
-def restricted_violations(pod: dict[str, Any]) -> list[str]:
-    """The Pod Security "restricted" rules, checked statically (the API server checks too)."""
-    problems = []
-    context = pod.get("securityContext", {})
-    if context.get("runAsNonRoot") is not True:
-        problems.append("pod runAsNonRoot is not true")
-    if context.get("seccompProfile", {}).get("type") not in {"RuntimeDefault", "Localhost"}:
-        problems.append("pod seccompProfile is not RuntimeDefault")
-    for key in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(key):
-            problems.append(f"pod sets {key}")
-    for volume in pod.get("volumes", []):
-        if "hostPath" in volume:
-            problems.append(f"volume {volume['name']} is a hostPath")
-    for container in pod.get("initContainers", []) + pod["containers"]:
-        sc = container.get("securityContext", {})
-        name = container["name"]
-        if sc.get("allowPrivilegeEscalation") is not False:
-            problems.append(f"{name}: allowPrivilegeEscalation is not false")
-        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
-            problems.append(f"{name}: capabilities are not drop [ALL]")
-        if sc.get("privileged"):
-            problems.append(f"{name}: privileged")
-        if sc.get("runAsUser") == 0 or context.get("runAsUser") == 0:
-            problems.append(f"{name}: runs as root")
-        for port in container.get("ports", []):
-            if "hostPort" in port:
-                problems.append(f"{name}: hostPort")
-    return problems
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart.render import VALUES_DIR, objects, render
-from tests.conftest import kubectl
+from harness.chart import VALUES_DIR, objects, render
+from harness.commands import kubectl
 
 pytestmark = pytest.mark.cluster
 

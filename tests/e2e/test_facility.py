@@ -36,8 +36,9 @@ import yaml
 
 from harness.browser_network import browser_network
 from harness.examples import agc_analysis
-from tests.conftest import ROOT, TOOLS, wait_for
-from tests.integration.oidc import browser_login, jwt_claims
+from harness.oidc import browser_login, jwt_claims
+from harness.paths import ROOT, TOOLS
+from harness.wait import wait_for
 
 pytestmark = [
     pytest.mark.e2e,

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CHART, helm, kubectl, wait_for
+from harness.commands import helm, kubectl
+from harness.paths import CHART
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -18,14 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CHART, ROOT, helm, kubectl, run
+from harness.commands import helm, kubectl, run
+from harness.modules import module_from_file
+from harness.paths import CHART, ROOT
 
 GITOPS = ROOT / "gitops"
 SITES = sorted(p.name for p in (GITOPS / "sites").iterdir() if p.is_dir())
 CRDS = ROOT / ".tools" / "gitops-crds"
 
-sys.path.insert(0, str(GITOPS))
-import check  # noqa: E402  (gitops/check.py is a script, not a package)
+# gitops/check.py is the sites' own script, not a package: loaded from its file.
+check = module_from_file(GITOPS / "check.py", "gitops_check")
 
 
 def values_of(site: str) -> Path:

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, http_get, merge_values, wait_for
-from tests.integration.hub import local_overrides, write_config_dir
+from harness.chart import merge_values
+from harness.hub import local_overrides, write_config_dir
+from harness.net import free_port, http_get
+from harness.paths import ROOT
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.images
 

@@ -19,7 +19,9 @@ from facility_operator.backends.base import ClusterWorkers, WorkerGroup
 from facility_operator.backends.kubernetes import KubernetesBackend
 from kubernetes import config
 
-from tests.conftest import CHART, KUBECONFIG, kubectl, wait_for
+from harness.commands import kubectl
+from harness.paths import CHART, KUBECONFIG
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 CLUSTER_ID = "alice-k8s01"

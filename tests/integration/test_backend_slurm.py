@@ -1,9 +1,9 @@
 """The SLURM backend, live: the real operator makes, watches and removes real SLURM jobs whose
 Dask workers reach their real scheduler through the real Traefik edge by SNI.
 
-The parts (tests/integration/operator_stack.py): the operator process against the local
+The parts (harness/operator_stack.py): the operator process against the local
 cluster's API server (kwok nodes); each scheduler pod's program run on loopback by
-`SchedulerPods` (kwok runs no container); a one-machine SLURM (tests/integration/slurm.py:
+`SchedulerPods` (kwok runs no container); a one-machine SLURM (harness/slurm.py:
 munged, slurmctld, slurmd, slurmrestd with auth/jwt, 2 CPUs, 2 GiB) whose jobs run as two local
 accounts, the batch users of alice and bob (operator.batchUsers.table); Traefik with the
 chart's entrypoint, its SNI routes from a file. The clusters are DaskCluster objects written
@@ -35,16 +35,19 @@ from facility_client.security import client_security
 from facility_operator.backends import backend_for
 from facility_operator.backends.slurm import SLURMBackend, SlurmError
 
-from tests.conftest import CHART, free_port, kubectl, wait_for
-from tests.integration import dask_edge
-from tests.integration.operator_stack import (
+from harness import dask_edge
+from harness.commands import kubectl
+from harness.net import free_port
+from harness.operator_stack import (
     FileEdge,
     Operator,
     SchedulerPods,
     dashboard_forwarder,
     file_edge,
 )
-from tests.integration.slurm import SlurmCluster, batch_system
+from harness.paths import CHART
+from harness.slurm import SlurmCluster, batch_system
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -1,7 +1,7 @@
 """The edge with real Dask: two users' clusters behind the one public port of the real Traefik.
 
 Traefik runs with the chart's entrypoint arguments and, through its file provider, exactly the
-routes the operator makes (tests/integration/dask_edge.py): per cluster `HostSNI(<id>.<domain>)`
+routes the operator makes (harness/dask_edge.py): per cluster `HostSNI(<id>.<domain>)`
 with TLS passthrough to its scheduler, and an HTTPS router for the hub on the same entrypoint.
 The hub's place is taken by a small HTTP server that stands for the proxy and hub. Alice's and
 Bob's clusters each have their own TLS identity, a real scheduler with `scheduler_security`, and
@@ -33,8 +33,7 @@ from distributed.comm.core import FatalCommClosedError
 from facility_client.security import ClusterSecurity, client_security
 from facility_operator.certs import new_facility_ca
 
-from tests.conftest import free_port, wait_for
-from tests.integration.dask_edge import (
+from harness.dask_edge import (
     DOMAIN,
     LOOPBACK,
     Cluster,
@@ -45,6 +44,8 @@ from tests.integration.dask_edge import (
     running_worker,
     worker_name,
 )
+from harness.net import free_port
+from harness.wait import wait_for
 
 HUB_BODY = "the hub's stand-in"
 WORKERS = 2  # per cluster

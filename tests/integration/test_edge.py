@@ -25,10 +25,13 @@ import requests
 from cryptography import x509
 from facility_operator.certs import new_cluster_identity, new_facility_ca
 
-from tests.chart.render import DEV_INSTALL
-from tests.conftest import CHART, free_port, helm, http_get, kubectl, tool, wait_for
-from tests.integration import dask_edge
-from tests.integration.operator_stack import Operator
+from harness import dask_edge
+from harness.chart import DEV_INSTALL
+from harness.commands import helm, kubectl, tool
+from harness.net import free_port, http_get
+from harness.operator_stack import Operator
+from harness.paths import CHART
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 RELEASE = "af"

@@ -2,7 +2,7 @@
 token is, the operator's real user API makes the DaskCluster, the operator makes the scheduler
 (its program run on loopback, kwok runs no container) and the workers (real SLURM jobs on the
 one-machine SLURM), and the client and the workers reach the scheduler through the real
-Traefik by SNI (tests/integration/operator_stack.py, `running_facility`).
+Traefik by SNI (harness/operator_stack.py, `running_facility`).
 
 No wildcard DNS resolves `<id>.<domain>` here: the client and the workers dial the edge's
 loopback address (`edge_host`) and send the cluster's name as SNI.
@@ -24,9 +24,11 @@ import yaml
 from distributed import Client
 from facility_client.cluster import FacilityCluster, FacilityError, ScaleRange
 
-from tests.conftest import ROOT, free_port, wait_for
-from tests.integration.operator_stack import Facility, get, running_facility
-from tests.integration.slurm import SlurmCluster, batch_system
+from harness.net import free_port
+from harness.operator_stack import Facility, get, running_facility
+from harness.paths import ROOT
+from harness.slurm import SlurmCluster, batch_system
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import KUBECONFIG, ROOT, kubectl, wait_for
+from harness.commands import kubectl
+from harness.paths import KUBECONFIG, ROOT
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.hub import HUB_CONFIG_FILE, write_config_dir
+from harness.hub import HUB_CONFIG_FILE, write_config_dir
 
 BIG = {"name": "Big", "cpu": {"guarantee": 64, "limit": 2}}
 CASES: list[tuple[str, dict[str, Any], str]] = [

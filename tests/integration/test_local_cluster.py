@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TOOLS
+from harness.paths import ROOT, TOOLS
 
 SCRIPT = ROOT / "ci" / "cluster"
 PORT_BASE = 17400

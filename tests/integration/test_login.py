@@ -8,33 +8,28 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 import requests
 
-from tests.conftest import free_port, wait_for
-from tests.integration.hub import Hub, run_hub
-from tests.integration.oidc import (
+from harness.hub import Hub, run_hub
+from harness.net import free_port
+from harness.oidc import (
+    CERN_REALM,
     CERN_SCOPES,
+    HUB_CLIENT,
+    KEYCLOAK_ROUTES,
     Provider,
     browser_login,
     cern_claims,
+    cern_site_values,
     cilogon_claims,
     login_with_http_client,
     run_provider,
 )
+from harness.wait import wait_for
 
-REALM = "/auth/realms/cern"
-KEYCLOAK_ROUTES = {
-    "authorization": f"{REALM}/protocol/openid-connect/auth",
-    "token": f"{REALM}/protocol/openid-connect/token",
-    "userinfo": f"{REALM}/protocol/openid-connect/userinfo",
-    "jwks": f"{REALM}/protocol/openid-connect/certs",
-    "end_session": f"{REALM}/protocol/openid-connect/logout",
-}
-CLIENT = {"client_id": "facility", "client_secret": "facility-secret"}
 ACCOUNTS = {
     "alice": cern_claims("alice", ["af-users"]),
     "carol": cern_claims("carol", ["af-users", "af-admins"]),
@@ -50,22 +45,6 @@ class Site:
     callback: str
 
 
-def values(issuer: str) -> dict[str, Any]:
-    return {
-        "auth": {
-            "type": "cern",
-            "clientId": CLIENT["client_id"],
-            "clientSecret": CLIENT["client_secret"],
-            "allowedGroups": ["af-users"],
-            "adminGroups": ["af-admins"],
-            "cern": {"issuer": issuer},
-        },
-        "edge": {"host": "af.example.org"},
-        # A profile, so that /hub/spawn shows the choice instead of starting a server.
-        "singleuser": {"profiles": [{"name": "Small", "default": True}]},
-    }
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("login")
@@ -74,10 +53,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     # "other-app" is a second client of the same provider that may send users to the hub's
     # callback: its codes must not open the hub.
     other = {"client_id": "other-app", "client_secret": "x", "redirect_uris": [callback]}
-    clients = [{**CLIENT, "redirect_uris": [callback]}, other]
+    clients = [{**HUB_CLIENT, "redirect_uris": [callback]}, other]
     with (
-        run_provider(tmp, clients, ACCOUNTS, issuer_path=REALM, routes=KEYCLOAK_ROUTES) as provider,
-        run_hub(tmp, values(provider.issuer), port) as hub,
+        run_provider(
+            tmp, clients, ACCOUNTS, issuer_path=CERN_REALM, routes=KEYCLOAK_ROUTES
+        ) as provider,
+        run_hub(tmp, cern_site_values(provider.issuer), port) as hub,
     ):
         yield Site(hub, provider, callback)
 
@@ -185,12 +166,12 @@ def test_code_for_another_client_is_refused(site: Site) -> None:
 def test_code_from_another_issuer_is_refused(site: Site, tmp_path: Path) -> None:
     # The same client registered at a different provider (the wrong issuer): its codes mean
     # nothing to the hub's provider.
-    clients = [{**CLIENT, "redirect_uris": [site.callback]}]
+    clients = [{**HUB_CLIENT, "redirect_uris": [site.callback]}]
     with run_provider(
-        tmp_path, clients, ACCOUNTS, issuer_path=REALM, routes=KEYCLOAK_ROUTES
+        tmp_path, clients, ACCOUNTS, issuer_path=CERN_REALM, routes=KEYCLOAK_ROUTES
     ) as other:
         session, request = start_login(site)
-        code = code_from(other, CLIENT["client_id"], request, "alice")
+        code = code_from(other, HUB_CLIENT["client_id"], request, "alice")
         assert_refused(site, session, code, request["state"])
 
 
@@ -218,7 +199,7 @@ def test_cilogon_preset_derives_usernames_and_groups(tmp_path: Path) -> None:
         "ann": cilogon_claims(1001, "ann", ["CO:COU:cms-af:members:active"], domain="unl.edu"),
         "bert": cilogon_claims(1002, "bert", ["CO:COU:atlas:members:active"], domain="unl.edu"),
     }
-    with run_provider(tmp_path, [{**CLIENT, "redirect_uris": [callback]}], accounts,
+    with run_provider(tmp_path, [{**HUB_CLIENT, "redirect_uris": [callback]}], accounts,
                       routes=CILOGON_ROUTES) as provider:  # fmt: skip
         endpoints = {
             "authorize_url": f"{provider.url}/authorize",
@@ -227,8 +208,8 @@ def test_cilogon_preset_derives_usernames_and_groups(tmp_path: Path) -> None:
         }
         site_values = {
             "auth": {
-                "type": "cilogon", "clientId": CLIENT["client_id"],
-                "clientSecret": CLIENT["client_secret"],
+                "type": "cilogon", "clientId": HUB_CLIENT["client_id"],
+                "clientSecret": HUB_CLIENT["client_secret"],
                 "allowedGroups": ["CO:COU:cms-af:members:active"],
                 "cilogon": {"allowedIdps": {UNL: {"username_derivation": {
                     "username_claim": "eppn", "action": "strip_idp_domain", "domain": "unl.edu"}}}},
@@ -263,13 +244,13 @@ def test_idle_culler_works_with_its_scopes(site: Site) -> None:
 def test_expired_token_without_refresh_means_a_new_login(tmp_path: Path) -> None:
     port = free_port()
     callback = f"http://127.0.0.1:{port}/hub/oauth_callback"
-    clients = [{**CLIENT, "redirect_uris": [callback]}]
-    shape = {"issuer_path": REALM, "routes": KEYCLOAK_ROUTES}
+    clients = [{**HUB_CLIENT, "redirect_uris": [callback]}]
+    shape = {"issuer_path": CERN_REALM, "routes": KEYCLOAK_ROUTES}
     accounts = {"alice": ACCOUNTS["alice"]}
     with run_provider(
         tmp_path, clients, accounts, access_token_ttl=2, refresh_tokens=False, **shape
     ) as provider:
-        site_values = values(provider.issuer)
+        site_values = cern_site_values(provider.issuer)
         site_values["auth"]["refreshAge"] = 1
         with run_hub(tmp_path, site_values, port) as hub:
             session = requests.Session()

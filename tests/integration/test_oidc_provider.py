@@ -1,4 +1,4 @@
-"""The test OpenID provider (tests/integration/oidc.py) works as the login tests need it to.
+"""The test OpenID provider (harness/oidc.py) works as the login tests need it to.
 
 A real `oidc-provider` runs on loopback with a CILogon-shaped and a CERN-shaped account; a tiny
 HTTP server stands in for the client's redirect URI. Logins go through the provider's own pages,
@@ -21,8 +21,7 @@ import jwt
 import pytest
 import requests
 
-from tests.conftest import wait_for
-from tests.integration.oidc import (
+from harness.oidc import (
     CERN_SCOPES,
     CILOGON_SCOPES,
     Provider,
@@ -33,6 +32,7 @@ from tests.integration.oidc import (
     login_with_http_client,
     run_provider,
 )
+from harness.wait import wait_for
 
 ACCESS_TTL = 30
 ID_TTL = 20

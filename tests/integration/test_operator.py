@@ -23,8 +23,12 @@ from distributed import LocalCluster
 from facility_operator.names import new_cluster_id, user_slug
 from kubernetes import client, config, watch
 
-from tests.conftest import CHART, KUBECONFIG, free_port, helm, kubectl, merge_values, wait_for
-from tests.integration.operator_stack import Operator, SchedulerPods, dashboard_forwarder
+from harness.chart import merge_values
+from harness.commands import helm, kubectl
+from harness.net import free_port
+from harness.operator_stack import Operator, SchedulerPods, dashboard_forwarder
+from harness.paths import CHART, KUBECONFIG
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

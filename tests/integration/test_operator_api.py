@@ -24,9 +24,10 @@ from facility_operator.api import make_app
 from facility_operator.settings import Settings
 from kubernetes import config as kube_config
 
-from tests.conftest import CHART, KUBECONFIG, free_port, kubectl, serve_app, wait_for
-from tests.integration.hub import Hub, run_hub
-from tests.integration.operator_stack import (
+from harness.commands import kubectl
+from harness.hub import Hub, run_hub
+from harness.net import free_port, serve_app
+from harness.operator_stack import (
     ADMIN_TOKEN,
     get,
     hub_api,
@@ -34,6 +35,8 @@ from tests.integration.operator_stack import (
     start_server,
     user_tokens,
 )
+from harness.paths import CHART, KUBECONFIG
+from harness.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

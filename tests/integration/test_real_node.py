@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TOOLS, wait_for
-from tests.integration.test_local_cluster import listening, pid_alive
+from harness.net import listening, pid_alive
+from harness.paths import ROOT, TOOLS
+from harness.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
 PORT_BASE = 19400

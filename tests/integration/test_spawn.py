@@ -20,9 +20,11 @@ from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 from traitlets.config import Config
 
+from harness.chart import VALUES_DIR, handed_over
+from harness.commands import kubectl
+from harness.paths import KUBECONFIG
+from harness.wait import wait_for
 from hub_config.config import configure
-from tests.chart.render import VALUES_DIR, handed_over
-from tests.conftest import KUBECONFIG, kubectl, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -16,15 +16,25 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import ROOT, free_port, wait_for
-from tests.integration.hub import run_hub
-from tests.integration.oidc import Provider, cern_claims, login_with_http_client, run_provider
-from tests.integration.test_login import CLIENT, KEYCLOAK_ROUTES, REALM, values
+from harness.hub import run_hub
+from harness.net import free_port
+from harness.oidc import (
+    CERN_REALM,
+    HUB_CLIENT,
+    KEYCLOAK_ROUTES,
+    Provider,
+    cern_claims,
+    cern_site_values,
+    login_with_http_client,
+    run_provider,
+)
+from harness.paths import ROOT
+from harness.wait import wait_for
 
 
 def introspect(provider: Provider, token: str) -> dict:
     endpoint = provider.discovery()["introspection_endpoint"]
-    body = {"token": token, **CLIENT}
+    body = {"token": token, **HUB_CLIENT}
     return requests.post(endpoint, data=body, timeout=10).json()
 
 
@@ -45,10 +55,10 @@ def test_refreshed_access_token_reaches_the_server(tmp_path: Path) -> None:
     port = free_port()
     callback = f"http://127.0.0.1:{port}/hub/oauth_callback"
     accounts = {"alice": cern_claims("alice", ["af-users"])}
-    clients = [{**CLIENT, "redirect_uris": [callback]}]
-    with run_provider(tmp_path, clients, accounts, access_token_ttl=3, issuer_path=REALM,
+    clients = [{**HUB_CLIENT, "redirect_uris": [callback]}]
+    with run_provider(tmp_path, clients, accounts, access_token_ttl=3, issuer_path=CERN_REALM,
                       routes=KEYCLOAK_ROUTES) as provider:  # fmt: skip
-        site = values(provider.issuer)
+        site = cern_site_values(provider.issuer)
         site["auth"]["refreshAge"] = 1
         site["hub"] = {"tokenServicePort": free_port()}
         with run_hub(tmp_path, site, port) as hub:

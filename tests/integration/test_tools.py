@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, tool
+from harness.commands import tool
+from harness.paths import ROOT
 
 SCRIPT = ROOT / "ci" / "tools"
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.integration.xcache_data import local_digests, write_nanoaod
-from tests.integration.xcache_sandbox import (
+from harness.wait import wait_for
+from harness.xcache_data import local_digests, write_nanoaod
+from harness.xcache_sandbox import (
     SERVICE,
     CachePod,
     Origin,

@@ -21,11 +21,10 @@ import pytest
 import yaml
 from facility_client import tokens
 
+from harness.chart import handed_over
 from harness.pki import Pki
-from hub_config.spawner import environment
-from tests.chart.render import handed_over
-from tests.integration.xcache_data import local_digests, write_nanoaod
-from tests.integration.xcache_sandbox import (
+from harness.xcache_data import local_digests, write_nanoaod
+from harness.xcache_sandbox import (
     SERVICE,
     CachePod,
     Origin,
@@ -38,6 +37,7 @@ from tests.integration.xcache_sandbox import (
     workdir,
     xcache_values,
 )
+from hub_config.spawner import environment
 
 ISSUER = "https://localhost:8443"
 FILES = {"/store/mc/ttbar/nano.root": 1, "/store/data/run1/nano.root": 2}

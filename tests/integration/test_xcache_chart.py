@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.render import VALUES_DIR, objects, render
-from tests.chart.test_objects import restricted_violations
-from tests.conftest import CHART, ROOT, helm
+from harness.chart import VALUES_DIR, objects, render, restricted_violations
+from harness.commands import helm
+from harness.paths import CHART, ROOT
 
 ENABLED = {"xcache": {"enabled": True, "origin": {"host": "xrootd.example.org"}}}
 ADDRESS = "af-facility-xcache.facility"

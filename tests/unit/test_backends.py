@@ -26,7 +26,7 @@ from facility_operator.backends.slurm import SLURMBackend, SlurmError, walltime_
 from facility_operator.batch_users import NoBatchUser, batch_user
 from facility_operator.certs import new_cluster_identity, new_facility_ca
 
-from tests.chart.test_objects import restricted_violations
+from harness.chart import restricted_violations
 
 CLUSTER_ID = "alice-x7k2p"
 CONTACT = f"tls://{CLUSTER_ID}.dask.example.org:443"

@@ -15,7 +15,7 @@ import uproot
 
 from harness import agc_data, notebooks
 from harness.examples import agc_analysis
-from tests.conftest import ROOT
+from harness.paths import ROOT
 
 EXAMPLE = ROOT / "examples" / "agc" / "ttbar.py"
 

@@ -21,10 +21,11 @@ from oauthenticator.cilogon import CILogonOAuthenticator
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets.config import Config
 
+from harness.chart import merge_values
+from harness.paths import CHART
 from harness.pki import Pki
 from hub_config.config import configure
 from hub_config.facility import ConfigError, Facility
-from tests.conftest import CHART, merge_values
 
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 RELEASE = {

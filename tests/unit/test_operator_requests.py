@@ -14,7 +14,7 @@ from facility_operator.hub_auth import token_of
 from facility_operator.names import new_cluster_id, user_slug
 from facility_operator.settings import Settings
 
-from tests.conftest import CHART
+from harness.paths import CHART
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 SETTINGS = Settings.from_values(VALUES, "af-facility", "facility")

@@ -17,9 +17,9 @@ from facility_operator.settings import Settings
 from facility_operator.status import scheduler_status
 from kubernetes import client
 
+from harness.chart import merge_values, restricted_violations
+from harness.paths import CHART
 from hub_config import spawner
-from tests.chart.test_objects import restricted_violations
-from tests.conftest import CHART, merge_values
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 CONTRACT_LABELS = {"facility.hep.io/cluster", "facility.hep.io/owner"}

@@ -182,7 +182,7 @@ def controller(backend: StandInBackend, scheduler: StandInScheduler) -> WorkerCo
     import yaml
     from facility_operator.settings import Settings
 
-    from tests.conftest import CHART
+    from harness.paths import CHART
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     settings = Settings.from_values(values, "af", "facility")

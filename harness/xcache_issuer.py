@@ -2,7 +2,7 @@
 discovery document and the signing keys (JWKS). Run by the XCache tests as a process of its
 own, inside their network namespace; the tests sign the tokens with the private key.
 
-usage: python -m tests.integration.xcache_issuer --issuer URL --port N --cert PEM --key PEM
+usage: python -m harness.xcache_issuer --issuer URL --port N --cert PEM --key PEM
        --jwks FILE
 
 Prints "ready" once it listens, then one line per request ("GET /path").

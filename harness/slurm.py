@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.paths import ROOT
+
 STARTUP_SECONDS = 60
 # slurmrestd needs no privilege of its own: every request acts as the user its token names.
 REST_USER = "nobody"
-REPO = Path(__file__).resolve().parents[2]
+
 # The worker's packages in the batch users' Python, pinned as in the images.
 NODE_PACKAGES = ("dask", "distributed", "aiohttp")
 NODE_PYTHON_ROOT = Path("/var/tmp/facility-node-python")
@@ -296,8 +298,8 @@ def node_python() -> str:
     """A Python with the worker's packages (the images' pins) and facility_client, that every
     account may run: Debian's interpreter in a virtual environment under /var/tmp, made once
     per pin set and client version."""
-    pins = (REPO / "images/requirements/science.txt").read_text()
-    client = sorted((REPO / "client").rglob("*.py"))
+    pins = (ROOT / "images/requirements/science.txt").read_text()
+    client = sorted((ROOT / "client").rglob("*.py"))
     digest = hashlib.sha256(pins.encode())
     for path in client:
         digest.update(path.read_bytes())
@@ -309,11 +311,11 @@ def node_python() -> str:
     building = root.with_name(root.name + f".{os.getpid()}")
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(building)], check=True, timeout=300)
     pip = [str(building / "bin/python"), "-m", "pip", "install", "--quiet"]
-    constraints = REPO / "images/requirements/science.txt"
+    constraints = ROOT / "images/requirements/science.txt"
     subprocess.run([*pip, "-c", str(constraints), *NODE_PACKAGES], check=True, timeout=900)
     # Built from a copy: pip's in-tree build would leave client/build/ in the repository.
     with tempfile.TemporaryDirectory() as copy:
-        source = shutil.copytree(REPO / "client", Path(copy) / "client",
+        source = shutil.copytree(ROOT / "client", Path(copy) / "client",
                                  ignore=shutil.ignore_patterns("build", "*.egg-info"))  # fmt: skip
         subprocess.run([*pip, "--no-deps", str(source)], check=True, timeout=300)
     building.rename(root)

@@ -16,7 +16,7 @@ own connections to the scheduler do not carry `--scheduler-sni` (FIELD-NOTES.md)
 matters without DNS.
 
 Shared by tests/integration/test_dask_edge.py and bench/dask_edge/run.py. This module is also the
-scheduler process: `python -m tests.integration.dask_edge <tls-dir> <port> <contact-address>`.
+scheduler process: `python -m harness.dask_edge <tls-dir> <port> <contact-address>`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ from facility_client.security import ClusterSecurity, client_security, scheduler
 from facility_operator import edge_routes
 from facility_operator.certs import ClusterIdentity, KeyPair, new_cluster_identity
 
-from tests.chart.render import VALUES_DIR, objects, render
-from tests.conftest import ROOT, free_port, tool, wait_for
+from harness.chart import VALUES_DIR, objects, render
+from harness.commands import tool
+from harness.net import free_port
+from harness.paths import ROOT
+from harness.wait import wait_for
 
 DOMAIN = "dask.example.org"
 LOOPBACK = "127.0.0.1"
@@ -259,7 +262,7 @@ def running_scheduler(cluster: Cluster, log: Path) -> Iterator[subprocess.Popen[
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "tests.integration.dask_edge",
+                sys.executable, "-m", "harness.dask_edge",
                 str(cluster.tls_dir), str(cluster.scheduler_port), cluster.public_address,
             ],
             stdout=out, stderr=out, cwd=ROOT, env=process_env(),

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.chart.render import handed_over
-from tests.conftest import KUBECONFIG, ROOT, free_port, http_get, merge_values, wait_for
+from harness import HarnessError
+from harness.chart import handed_over, merge_values
+from harness.net import free_port, http_get
+from harness.paths import KUBECONFIG, ROOT
+from harness.wait import wait_for
 
 NODE_BIN = ROOT / "tests" / "integration" / "node" / "node_modules" / ".bin"
 HUB_CONFIG_FILE = ROOT / "images" / "hub" / "jupyterhub_config.py"
@@ -110,7 +112,8 @@ def run_hub(tmp_path: Path, values: Mapping[str, Any], proxy_port: int) -> Itera
 
         def healthy() -> bool:
             if hub.poll() is not None:
-                pytest.fail(f"the hub exited ({hub.returncode}):\n{log_path.read_text()[-4000:]}")
+                log = log_path.read_text()[-4000:]
+                raise HarnessError(f"the hub exited ({hub.returncode}):\n{log}")
             answer = http_get(f"{public}/hub/health", timeout=2)
             # The hub answers before it has added its services' routes to the proxy; it says
             # when it has (a service that does not answer, e.g. the operator's API outside a

@@ -2,7 +2,7 @@
 Dask worker would read: one process per reader, so that the XRootD client's connections and
 its token are its own.
 
-usage: python -m tests.integration.xcache_client HOW URL [URL...]
+usage: python -m harness.xcache_client HOW URL [URL...]
 
 HOW: "uproot" (uproot's default handler, fsspec-xrootd underneath), "uproot-xrootd" (uproot on
 the XRootD bindings directly) or "fsspec" (the files' bytes through fsspec-xrootd). Prints one
@@ -30,7 +30,7 @@ def read(how: str, url: str) -> dict[str, Any]:
 
     import uproot
 
-    from tests.integration.xcache_data import TREE, arrays_digest
+    from harness.xcache_data import TREE, arrays_digest
 
     options = {"handler": uproot.source.xrootd.XRootDSource} if how == "uproot-xrootd" else {}
     with uproot.open(url, timeout=60, **options) as file:

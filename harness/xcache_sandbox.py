@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import jwt
-import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from harness import HarnessError
+from harness.commands import helm
+from harness.paths import CHART, ROOT
 from harness.pki import Pki
-from tests.conftest import CHART, ROOT, helm, wait_for
+from harness.wait import wait_for
 
 IMAGE = ROOT / "images" / "xcache"
 RELEASE, NAMESPACE = "af", "facility"
@@ -57,7 +59,7 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        pytest.fail(
+        raise HarnessError(
             "the XCache tests need root: they run xrootd in network and mount namespaces of "
             "their own (unshare, nsenter), as a pod would run"
         )
@@ -70,7 +72,9 @@ def server_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam("xrootd")
     except KeyError:
-        pytest.fail("no user 'xrootd': install Debian's xrootd-server (ci/prereqs)")
+        raise HarnessError(
+            "no user 'xrootd': install Debian's xrootd-server (ci/prereqs)"
+        ) from None
 
 
 def workdir(prefix: str) -> Path:
@@ -161,7 +165,7 @@ class Sandbox:
         assert self.holder.stdout is not None
         if self.holder.stdout.readline().strip() != "ready":
             _, err = self.holder.communicate(timeout=10)
-            pytest.fail(f"the sandbox did not start: {err}")
+            raise HarnessError(f"the sandbox did not start: {err}")
         self.processes: list[subprocess.Popen[str]] = []
 
     def command(self, argv: Sequence[str], *, as_server: bool = False) -> list[str]:
@@ -288,7 +292,7 @@ class Origin:
         def up() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
-                pytest.fail(f"the origin exited:\n{self.log_path.read_text()[-3000:]}")
+                raise HarnessError(f"the origin exited:\n{self.log_path.read_text()[-3000:]}")
             return self.sandbox.run(query, env, timeout=20).returncode == 0
 
         wait_for(up, "the origin to answer", 30)
@@ -311,7 +315,9 @@ class Origin:
 class CachePod:
     """The cache container of the rendered StatefulSet, run in a sandbox."""
 
-    def __init__(self, sandbox: Sandbox, rendered: Mapping[str, Mapping[str, Any]], log: Path):
+    def __init__(
+        self, sandbox: Sandbox, rendered: Mapping[str, Mapping[str, Any]], log: Path
+    ) -> None:
         self.sandbox = sandbox
         self.config_map = rendered["ConfigMap"]
         spec = rendered["StatefulSet"]["spec"]["template"]["spec"]
@@ -360,7 +366,7 @@ class CachePod:
 
     def ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            pytest.fail(f"the cache exited:\n{self.log_path.read_text()[-4000:]}")
+            raise HarnessError(f"the cache exited:\n{self.log_path.read_text()[-4000:]}")
         return self.probe().returncode == 0
 
     def stop(self) -> None:
@@ -383,13 +389,13 @@ class CachePod:
 def read(
     sandbox: Sandbox, how: str, urls: Sequence[str], env: Mapping[str, str]
 ) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
-    """Read urls as a notebook would (tests.integration.xcache_client, a process of its own in
+    """Read urls as a notebook would (harness.xcache_client, a process of its own in
     the sandbox): the result of each URL, and the process."""
-    argv = [sys.executable, "-m", "tests.integration.xcache_client", how, *urls]
+    argv = [sys.executable, "-m", "harness.xcache_client", how, *urls]
     done = sandbox.run(argv, env, timeout=180)
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if len(results) != len(urls):
-        pytest.fail(f"the reader failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        raise HarnessError(f"the reader failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return results, done
 
 
@@ -454,7 +460,7 @@ class TokenIssuer:
 def issuer_server(
     sandbox: Sandbox, issuer: TokenIssuer, pki: Pki, folder: Path, port: int = ISSUER_PORT
 ) -> Iterator[Path]:
-    """The issuer's HTTPS side (tests.integration.xcache_issuer) in the sandbox; yields the file
+    """The issuer's HTTPS side (harness.xcache_issuer) in the sandbox; yields the file
     of its request log."""
     folder.mkdir(parents=True, exist_ok=True)
     cert, key = pki.issue(["localhost", "127.0.0.1"])
@@ -465,7 +471,7 @@ def issuer_server(
     argv = [
         sys.executable,
         "-m",
-        "tests.integration.xcache_issuer",
+        "harness.xcache_issuer",
         f"--issuer={issuer.url}",
         f"--port={port}",
         f"--cert={folder / 'issuer.crt'}",
@@ -480,7 +486,7 @@ def issuer_server(
         30,
     )
     if process.poll() is not None:
-        pytest.fail(f"the token issuer exited:\n{log_path.read_text()}")
+        raise HarnessError(f"the token issuer exited:\n{log_path.read_text()}")
     try:
         yield log_path
     finally:

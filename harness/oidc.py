@@ -16,7 +16,7 @@ Logging in takes, from the client's login URL (e.g. JupyterHub's /hub/oauth_logi
 
 `login_with_http_client` does this with a `requests.Session`; `browser_login` does it in headless
 Chromium (`node/browser-login.mjs`, driven by Playwright). The Node packages come from
-`npm ci --prefix tests/integration/node`; `ensure_node_modules` runs it if it has not been run.
+`npm ci --prefix harness/node`; `ensure_node_modules` runs it if it has not been run.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
-import pytest
 import requests
 
-from tests.conftest import ROOT, wait_for
+from harness import HarnessError
+from harness.paths import ROOT
+from harness.wait import wait_for
 
-NODE_DIR = ROOT / "tests" / "integration" / "node"
+NODE_DIR = ROOT / "harness" / "node"
 PROVIDER_SCRIPT = NODE_DIR / "oidc-provider.mjs"
 BROWSER_SCRIPT = NODE_DIR / "browser-login.mjs"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -88,14 +89,43 @@ def cern_claims(user: str, roles: Sequence[str]) -> dict[str, Any]:
     }
 
 
+# CERN SSO's shape: Keycloak's endpoints under its realm, and the hub as one confidential client.
+CERN_REALM = "/auth/realms/cern"
+KEYCLOAK_ROUTES = {
+    "authorization": f"{CERN_REALM}/protocol/openid-connect/auth",
+    "token": f"{CERN_REALM}/protocol/openid-connect/token",
+    "userinfo": f"{CERN_REALM}/protocol/openid-connect/userinfo",
+    "jwks": f"{CERN_REALM}/protocol/openid-connect/certs",
+    "end_session": f"{CERN_REALM}/protocol/openid-connect/logout",
+}
+HUB_CLIENT = {"client_id": "facility", "client_secret": "facility-secret"}
+
+
+def cern_site_values(issuer: str) -> dict[str, Any]:
+    """The chart's values for a hub that logs in af-users (admins: af-admins) at this issuer."""
+    return {
+        "auth": {
+            "type": "cern",
+            "clientId": HUB_CLIENT["client_id"],
+            "clientSecret": HUB_CLIENT["client_secret"],
+            "allowedGroups": ["af-users"],
+            "adminGroups": ["af-admins"],
+            "cern": {"issuer": issuer},
+        },
+        "edge": {"host": "af.example.org"},
+        # A profile, so that /hub/spawn shows the choice instead of starting a server.
+        "singleuser": {"profiles": [{"name": "Small", "default": True}]},
+    }
+
+
 def ensure_node_modules() -> None:
-    """Run `npm ci --prefix tests/integration/node` unless its result is there and current.
+    """Run `npm ci --prefix harness/node` unless its result is there and current.
 
     Parallel test processes take a lock (on package-lock.json) so that one installs and the
     others wait for it.
     """
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("node and npm (Node.js >= 20) are required: run ci/prereqs")
+        raise HarnessError("node and npm (Node.js >= 20) are required: run ci/prereqs")
     lock_file = NODE_DIR / "package-lock.json"
     installed = NODE_DIR / "node_modules" / ".package-lock.json"  # written last by npm ci
 
@@ -115,7 +145,7 @@ def ensure_node_modules() -> None:
             timeout=600,
         )
         if done.returncode != 0:
-            pytest.fail(f"npm ci failed:\n{done.stdout}\n{done.stderr}")
+            raise HarnessError(f"npm ci failed:\n{done.stdout}\n{done.stderr}")
 
 
 @dataclass
@@ -141,7 +171,7 @@ class Provider:
         """Replace (or create) an account's claims; the next login or refresh sees them."""
         response = requests.put(f"{self.url}/test/accounts/{account_id}", json=claims, timeout=5)
         if response.status_code != 200:
-            pytest.fail(f"setting the claims of {account_id} failed: {response.text}")
+            raise HarnessError(f"setting the claims of {account_id} failed: {response.text}")
 
     def claims(self, account_id: str) -> dict[str, Any]:
         response = requests.get(f"{self.url}/test/accounts/{account_id}", timeout=5)
@@ -226,7 +256,7 @@ def run_provider(
 
     def listening() -> dict[str, Any] | None:
         if process.poll() is not None:
-            pytest.fail(
+            raise HarnessError(
                 f"the OIDC provider exited ({process.returncode}) before it was ready:\n"
                 + log_path.read_text(errors="replace")
             )
@@ -285,7 +315,7 @@ def _follow(
         if stop_at is not None and location.startswith(stop_at):
             return response
         response = session.get(location, allow_redirects=False, timeout=timeout)
-    pytest.fail("too many redirects:\n" + "\n".join(trail))
+    raise HarnessError("too many redirects:\n" + "\n".join(trail))
 
 
 def login_with_http_client(
@@ -309,7 +339,7 @@ def login_with_http_client(
     form = _LoginForm()
     form.feed(page.text)
     if page.status_code != 200 or form.action is None or not form.has_username:
-        pytest.fail(
+        raise HarnessError(
             "expected the provider's login form; got:\n"
             + "\n".join(trail)
             + f"\n{page.text[:2000]}"
@@ -321,7 +351,7 @@ def login_with_http_client(
         timeout=timeout,
     )
     if response.status_code == 403:
-        pytest.fail(f"the provider does not know the account {username!r}")
+        raise HarnessError(f"the provider does not know the account {username!r}")
     return _follow(session, response, stop_at, trail, timeout)
 
 
@@ -349,7 +379,7 @@ def browser_login(
     """
     ensure_node_modules()
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run ci/prereqs (apt-get install chromium)")
+        raise HarnessError(f"{CHROMIUM} is missing: run ci/prereqs (apt-get install chromium)")
     done = subprocess.run(
         [
             *prefix,
@@ -372,7 +402,8 @@ def browser_login(
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        pytest.fail(f"browser-login.mjs exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        output = f"{done.stdout}\n{done.stderr}"
+        raise HarnessError(f"browser-login.mjs exited {done.returncode}:\n{output}") from None
 
 
 def jwt_claims(token: str) -> dict[str, Any]:

@@ -39,28 +39,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import requests
 import yaml
 from aiohttp import web
 from facility_client import contract
 from kubernetes import client, config
 
+from harness import HarnessError, dask_edge
+from harness.chart import merge_values
+from harness.commands import kubectl, tool
+from harness.hub import Hub, run_hub
+from harness.net import free_port, http_get, serve_app
+from harness.paths import CHART, KUBECONFIG, ROOT
+from harness.wait import wait_for
 from hub_config import services
-from tests.conftest import (
-    CHART,
-    KUBECONFIG,
-    ROOT,
-    free_port,
-    http_get,
-    kubectl,
-    merge_values,
-    serve_app,
-    tool,
-    wait_for,
-)
-from tests.integration import dask_edge
-from tests.integration.hub import Hub, run_hub
 
 LOOPBACK = "127.0.0.1"
 
@@ -115,7 +107,7 @@ class Operator:
 
     def alive(self) -> bool:
         if self.process is None or self.process.poll() is not None:
-            pytest.fail(f"the operator is not running:\n{self.log.read_text()[-4000:]}")
+            raise HarnessError(f"the operator is not running:\n{self.log.read_text()[-4000:]}")
         return True
 
     def kill(self) -> None:

@@ -1,0 +1,22 @@
+"""Waiting on a condition with a deadline (never a bare sleep)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from harness import HarnessError
+
+
+def wait_for(
+    condition: Callable[[], object], what: str, timeout: float = 60, interval: float = 0.5
+) -> object:
+    """Poll until condition() is truthy and return its value; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise HarnessError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
