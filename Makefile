@@ -39,9 +39,10 @@ cluster-status: ## Show the local cluster's components and nodes
 
 venv: $(VENV)/.installed $(NODE)/node_modules/.installed ## Python and Node environments with the pinned test dependencies
 
-$(VENV)/.installed: pyproject.toml client/pyproject.toml harness/pyproject.toml
+$(VENV)/.installed: pyproject.toml */pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e client -e harness -e '.[test]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
+	  -e client -e hub_config -e operators -e harness -e .
 	touch $@
 
 # The OpenID provider, configurable-http-proxy and Playwright of the login tests.

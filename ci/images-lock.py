@@ -7,10 +7,10 @@ Sources (what a maintainer edits) and what is written from them:
   the analysis AND worker images, every package pinned exactly, once.
 - images/analysis/requirements.in -> images/analysis/requirements.txt: what only the analysis
   image adds (JupyterLab...), resolved together with science.txt as constraints, so a package
-  both need has one version; jupyterhub is held at the hub's pin from pyproject.toml.
-- pyproject.toml (dependencies and the `hub` extra) -> images/hub/requirements.txt.
-- pyproject.toml (dependencies and the `operator` extra) and the Dask packages at science.txt's
-  pins (the operator imports facility_client's backends) -> images/operator/requirements.txt.
+  both need has one version; jupyterhub is held at the hub's pin (hub_config/pyproject.toml).
+- hub_config/pyproject.toml (the hub's distribution) -> images/hub/requirements.txt.
+- operators/pyproject.toml (the operator's distribution; it installs facility_client beside it),
+  with science.txt as constraints (the Dask the schedulers run) -> images/operator/requirements.txt.
 
 setuptools is added to each: it builds the repository's own packages (hub_config,
 facility_client) inside the images, without build isolation (which would fetch it unpinned).
@@ -33,9 +33,8 @@ ANALYSIS_IN = ROOT / "images/analysis/requirements.in"
 ANALYSIS = ROOT / "images/analysis/requirements.txt"
 HUB = ROOT / "images/hub/requirements.txt"
 OPERATOR = ROOT / "images/operator/requirements.txt"
-# What the operator needs of the scientific stack: facility_client and Dask's utilities (the
-# operator asks the schedulers through Dask's HTTP API; it makes the workers itself).
-OPERATOR_SCIENCE = ("dask", "distributed")
+# The repository's own distributions, installed from source in the images (not from PyPI).
+OWN = re.compile(r"^facility-")
 
 
 def canonical(name: str) -> str:
@@ -63,34 +62,35 @@ def write(path: Path, source: str, pins: dict[str, str]) -> None:
     print(f"lock: {path.relative_to(ROOT)}: {len(pins)} packages")
 
 
-def project_pins(extra: str) -> list[str]:
-    """pyproject.toml's dependencies and one of its extras."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"][extra]]
+def distribution_pins(folder: str) -> list[str]:
+    """The dependencies of the distribution in `folder` (its pyproject.toml), but the repository's
+    own."""
+    project = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
+    return [pin for pin in project["dependencies"] if not OWN.match(pin)]
 
 
 def hub_pins() -> list[str]:
-    return project_pins("hub")
+    return distribution_pins("hub_config")
 
 
-def lock_operator(tmp: Path, science: dict[str, str]) -> None:
+def lock_operator(tmp: Path) -> None:
     """The operator's pins; the packages it shares with the workers keep science.txt's versions."""
     operator_in = tmp / "operator.in"
-    dask = [f"{name}=={science[name]}" for name in OPERATOR_SCIENCE]
-    operator_in.write_text("\n".join([*project_pins("operator"), *dask, "setuptools"]) + "\n")
+    own = [*distribution_pins("operators"), *distribution_pins("client")]
+    operator_in.write_text("\n".join([*own, "setuptools"]) + "\n")
     pins = resolve(["-r", str(operator_in), "-c", str(SCIENCE)])
-    write(OPERATOR, "pyproject.toml (dependencies, extra `operator`) and science.txt", pins)
+    write(OPERATOR, "operators/ and client/pyproject.toml, with science.txt", pins)
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hub_in = Path(tmp) / "hub.in"
         hub_in.write_text("\n".join([*hub_pins(), "setuptools"]) + "\n")
-        write(HUB, "pyproject.toml (dependencies, extra `hub`)", resolve(["-r", str(hub_in)]))
+        write(HUB, "hub_config/pyproject.toml", resolve(["-r", str(hub_in)]))
 
         science = resolve(["-r", str(SCIENCE_IN), "setuptools"])
         write(SCIENCE, "images/requirements/science.in", science)
-        lock_operator(Path(tmp), science)
+        lock_operator(Path(tmp))
 
         # The hub's own pins hold for what both run (jupyterhub: hub and jupyterhub-singleuser).
         hub_constraints = Path(tmp) / "hub-constraints.txt"

@@ -17,6 +17,9 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from harness import HarnessError
+from harness.namespaces import NamespaceHolder
+
 NODE_LINK, BROWSER_LINK = "fbrowser-node", "fbrowser-ns"
 # TEST-NET-2 (RFC 5737): never a cluster's pod or Service range, nor a real network.
 NODE_ADDRESS, BROWSER_ADDRESS = "198.51.100.1/30", "198.51.100.2/30"
@@ -25,29 +28,17 @@ NODE_ADDRESS, BROWSER_ADDRESS = "198.51.100.1/30", "198.51.100.2/30"
 def _run(*argv: str, check: bool = True) -> None:
     done = subprocess.run(argv, capture_output=True, text=True)
     if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+        raise HarnessError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
 
 
 @contextmanager
 def browser_network() -> Iterator[list[str]]:
     """Yields the command prefix that runs a program in the browser's namespace, and removes
-    the namespace at the end.
-
-    The namespace is held by a process of its own (`unshare --net`), not named under
-    /run/netns: `ip netns add` would bind-mount /run/netns over itself, and the pods'
-    namespaces that containerd mounts there could then no longer be removed."""
+    the namespace at the end."""
     _run("ip", "link", "delete", NODE_LINK, check=False)  # a link a killed run left
-    holder = subprocess.Popen(
-        ["unshare", "--net", "--", "sh", "-c", "echo ready; exec cat >/dev/null"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = NamespaceHolder(["net"])
     try:
-        assert holder.stdout is not None
-        if holder.stdout.readline().strip() != "ready":
-            raise RuntimeError("unshare --net did not start (root is needed)")
-        inside = ["nsenter", f"--target={holder.pid}", "--net", "--"]
+        inside = [*holder.enter(), "--"]
         # No IPv6 inside: its link-local address would appear a moment after the link is up
         # (duplicate address detection), a network change Chromium would act on.
         ipv6_off = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
@@ -63,7 +54,5 @@ def browser_network() -> Iterator[list[str]]:
         _run(*inside, "ip", "route", "add", "default", "via", NODE_ADDRESS.split("/")[0])
         yield inside
     finally:
-        if holder.stdin is not None:
-            holder.stdin.close()  # the holder ends, and its namespace with the link's other end
-        holder.wait(timeout=30)
+        holder.close()  # the namespace ends, and the link's other end with it
         _run("ip", "link", "delete", NODE_LINK, check=False)

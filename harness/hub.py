@@ -23,10 +23,10 @@ import yaml
 from harness import HarnessError
 from harness.chart import handed_over, merge_values
 from harness.net import free_port, http_get
-from harness.paths import KUBECONFIG, ROOT
+from harness.paths import KUBECONFIG, NODE_DIR, ROOT
 from harness.wait import wait_for
 
-NODE_BIN = ROOT / "tests" / "integration" / "node" / "node_modules" / ".bin"
+NODE_BIN = NODE_DIR / "node_modules" / ".bin"
 HUB_CONFIG_FILE = ROOT / "images" / "hub" / "jupyterhub_config.py"
 
 

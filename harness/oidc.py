@@ -39,10 +39,9 @@ from urllib.parse import urljoin
 import requests
 
 from harness import HarnessError
-from harness.paths import ROOT
+from harness.paths import NODE_DIR
 from harness.wait import wait_for
 
-NODE_DIR = ROOT / "harness" / "node"
 PROVIDER_SCRIPT = NODE_DIR / "oidc-provider.mjs"
 BROWSER_SCRIPT = NODE_DIR / "browser-login.mjs"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -25,14 +25,15 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.net import listening
 from harness.paths import ROOT
+from harness.wait import wait_for
 
 STARTUP_SECONDS = 60
 # slurmrestd needs no privilege of its own: every request acts as the user its token names.
@@ -223,7 +224,12 @@ def slurm_cluster(
                 stderr=(directory / "munged.log").open("ab"),
             )
         )
-        _wait(lambda: (directory / "munge.socket").exists(), "munged's socket", slurm)
+        wait_for(
+            lambda: (directory / "munge.socket").exists(),
+            "munged's socket",
+            STARTUP_SECONDS,
+            details=slurm.logs,
+        )
         for command in (["slurmctld", "-D", "-i"], ["slurmd", "-D"]):
             daemons.append(
                 subprocess.Popen(
@@ -233,7 +239,12 @@ def slurm_cluster(
                     stderr=subprocess.DEVNULL,
                 )
             )
-        _wait(lambda: slurm.node_state() == "idle", "the SLURM node to be idle", slurm)
+        wait_for(
+            lambda: slurm.node_state() == "idle",
+            "the SLURM node to be idle",
+            STARTUP_SECONDS,
+            details=slurm.logs,
+        )
         daemons.append(
             subprocess.Popen(
                 # rest_auth/jwt: every request names its user and carries a token for them;
@@ -245,7 +256,12 @@ def slurm_cluster(
                 stderr=(directory / "slurmrestd.log").open("ab"),
             )
         )  # fmt: skip
-        _wait(lambda: _listening(rest_port), "slurmrestd to listen", slurm)
+        wait_for(
+            lambda: listening(rest_port),
+            "slurmrestd to listen",
+            STARTUP_SECONDS,
+            details=slurm.logs,
+        )
         yield slurm
     finally:
         if len(daemons) == 4:
@@ -266,7 +282,12 @@ def _cancel_all(slurm: SlurmCluster, daemons: set[int]) -> None:
     jobs = [job for job, _, _ in slurm.squeue()]
     if jobs:
         subprocess.run(["scancel", *jobs], env=slurm.env, check=False, timeout=30)
-    _wait(lambda: not slurm.squeue(), "the jobs to end", slurm)
+    wait_for(
+        lambda: not slurm.squeue(),
+        "the jobs to end",
+        STARTUP_SECONDS,
+        details=slurm.logs,
+    )
     marker = f"SLURM_CONF={slurm.conf}".encode()
     for environ in Path("/proc").glob("[0-9]*/environ"):
         pid = int(environ.parent.name)
@@ -275,11 +296,6 @@ def _cancel_all(slurm: SlurmCluster, daemons: set[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, FileNotFoundError, PermissionError):
             continue  # gone meanwhile
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def ensure_accounts(*names: str) -> None:
@@ -320,12 +336,3 @@ def node_python() -> str:
         subprocess.run([*pip, "--no-deps", str(source)], check=True, timeout=300)
     building.rename(root)
     return str(python)
-
-
-def _wait(condition: object, what: str, slurm: SlurmCluster) -> None:
-    """Poll until condition() holds, or fail with the daemons' logs (usable without pytest)."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}\n{slurm.logs()}")
-        time.sleep(0.5)

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness import HarnessError
 from harness.commands import helm
+from harness.namespaces import NamespaceHolder
 from harness.paths import CHART, ROOT
 from harness.pki import Pki
 from harness.wait import wait_for
@@ -142,7 +143,7 @@ class Sandbox:
     ) -> None:
         require_root()
         user = server_user()
-        steps = ["set -e", "ip link set lo up"]
+        steps = ["ip link set lo up"]
         for folder in writable or ():  # first: a bind mount does not carry later submounts
             steps.append(f"mount --bind {shlex.quote(str(folder))} {shlex.quote(str(folder))}")
         for path, size in (tmpfs or {}).items():
@@ -153,23 +154,11 @@ class Sandbox:
             steps.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
         if writable is not None:
             steps.append("mount -o remount,bind,ro /")
-        steps += ["echo ready", "exec cat >/dev/null"]
-        command = ["unshare", "--net", "--mount", "--propagation", "private", "--", "sh", "-c"]
-        self.holder = subprocess.Popen(
-            [*command, "\n".join(steps)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.holder.stdout is not None
-        if self.holder.stdout.readline().strip() != "ready":
-            _, err = self.holder.communicate(timeout=10)
-            raise HarnessError(f"the sandbox did not start: {err}")
+        self.holder = NamespaceHolder(["net", "mount"], steps)
         self.processes: list[subprocess.Popen[str]] = []
 
     def command(self, argv: Sequence[str], *, as_server: bool = False) -> list[str]:
-        enter = ["nsenter", f"--target={self.holder.pid}", "--net", "--mount", f"--wd={ROOT}"]
+        enter = [*self.holder.enter(), f"--wd={ROOT}"]
         if as_server and os.geteuid() == 0:
             user = server_user()
             enter += [
@@ -218,10 +207,7 @@ class Sandbox:
     def close(self) -> None:
         for process in self.processes:
             stop(process)
-        if self.holder.poll() is None:
-            assert self.holder.stdin is not None
-            self.holder.stdin.close()
-            self.holder.wait(timeout=30)
+        self.holder.close()
 
 
 def stop(process: subprocess.Popen[str], timeout: float = 20) -> None:

@@ -42,6 +42,7 @@ from harness.browser_network import browser_network
 from harness.examples import agc_analysis
 from harness.oidc import browser_login
 from harness.paths import CLUSTER_DIR, KUBECONFIG, TOOLS
+from harness.wait import wait_for
 
 HERE = Path(__file__).resolve().parent
 STATE = CLUSTER_DIR
@@ -126,16 +127,21 @@ def browse(next_path: str, steps: list[dict[str, str]] | None = None) -> float:
     return took
 
 
+def pod_names() -> str:
+    return kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout
+
+
 def login_seconds() -> dict[str, float]:
     """Her login to a loaded JupyterLab, her server to start (stopped first on the hub's home
     page, as she would)."""
-    if f"pod/jupyter-{USER}" in kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout:
+    if f"pod/jupyter-{USER}" in pod_names():
         browse("/hub/home", [{"click": "#stop"}, {"wait": "#start"}])
-        deadline = time.monotonic() + 300
-        while f"pod/jupyter-{USER}" in kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"jupyter-{USER} still there 300 s after its stop")
-            time.sleep(1)
+        wait_for(
+            lambda: f"pod/jupyter-{USER}" not in pod_names(),
+            f"jupyter-{USER} to go after its stop",
+            300,
+            interval=1,
+        )
     return {"with_spawn": browse("")}
 
 

@@ -46,6 +46,7 @@ from harness.commands import kubectl
 from harness.net import free_port
 from harness.operator_stack import Facility, running_facility
 from harness.slurm import SlurmCluster, batch_system
+from harness.wait import wait_for
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,10 +62,7 @@ def say(message: str) -> None:
 def until(condition: Callable[[], object], what: str, timeout: float = 180) -> float:
     """Seconds until condition() holds, polled every 20 ms."""
     start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
+    wait_for(condition, what, timeout, interval=0.02)
     return time.monotonic() - start
 
 

@@ -398,6 +398,31 @@ def test_every_chart_pod_becomes_ready_in_the_restricted_namespace(facility: Fac
         )
 
 
+# One distribution per process: what each image must import, and what it must not hold.
+OWN_DISTRIBUTION = {
+    "hub": ("hub_config", ["facility_operator", "facility_client", "kopf"]),
+    "operator": ("facility_operator", ["hub_config", "jupyterhub", "kubespawner"]),
+}
+FINDS = (
+    "import importlib.util, json, sys;"
+    " print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))"
+)
+
+
+@pytest.mark.parametrize("component", sorted(OWN_DISTRIBUTION))
+def test_each_image_holds_its_own_process_and_no_other(facility: Facility, component: str) -> None:
+    """Mode: real node. In the running pod, from its image of ci/images: the process's own package
+    is there, and the other process's code is not installed."""
+    own, others = OWN_DISTRIBUTION[component]
+    (pod,) = facility.json(
+        "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={component}"
+    )["items"]
+    found = facility.kubectl(
+        "exec", "-n", NAMESPACE, pod["metadata"]["name"], "--", "python3", "-c", FINDS, own, *others
+    )
+    assert json.loads(found) == {own: True, **dict.fromkeys(others, False)}
+
+
 def test_a_user_logs_in_through_the_edge_and_gets_jupyterlab(
     facility: Facility, tmp_path: Path
 ) -> None:

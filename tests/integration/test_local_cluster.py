@@ -7,7 +7,6 @@ default .cluster, ports 16400+) keeps running beside it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.net import listening, pid_alive
 from harness.paths import ROOT, TOOLS
 
 SCRIPT = ROOT / "ci" / "cluster"
@@ -30,21 +30,6 @@ def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Com
     return subprocess.run(
         [str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def pid_alive(pid: int) -> bool:
-    """A process runs with this pid (a zombie, exited but not yet reaped, counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The images' files, read without building anything: every Dockerfile takes its base as a build
 argument and ends as a non-root user; every PyPI and npm package is pinned exactly, the shared
-scientific stack once (images/requirements/science.txt), and the hub's pins agree with
-pyproject.toml. The built images themselves are tested in tests/images (make test-images)."""
+scientific stack once (images/requirements/science.txt); each image's pins agree with its
+distribution's pyproject.toml, and it copies no other process's code. The built images
+themselves are tested in tests/images (make test-images) and tests/e2e."""
 
 from __future__ import annotations
 
@@ -69,11 +70,15 @@ def test_shared_stack_is_pinned_once() -> None:
         )
 
 
-def test_hub_pins_agree_with_pyproject() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = dict(
-        canonical(r) for r in [*project["dependencies"], *project["optional-dependencies"]["hub"]]
-    )
+def distribution_pins(folder: str) -> dict[str, str]:
+    """name -> version of the dependencies of the repository's distribution in `folder`, but the
+    repository's own (facility-*)."""
+    project = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
+    return dict(canonical(r) for r in project["dependencies"] if not r.startswith("facility-"))
+
+
+def test_hub_pins_agree_with_its_distribution() -> None:
+    wanted = distribution_pins("hub_config")
     hub = pins(IMAGES / "hub/requirements.txt")
     assert {name: hub.get(name) for name in wanted} == wanted
     # jupyterhub-singleuser in the analysis image runs the hub's version.
@@ -89,10 +94,8 @@ def test_proxy_pins_are_exact_and_locked() -> None:
     assert all("integrity" in entry for key, entry in lock["packages"].items() if key)
 
 
-def test_operator_pins_agree_with_pyproject_and_the_workers() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extra = project["optional-dependencies"]["operator"]
-    wanted = dict(canonical(r) for r in [*project["dependencies"], *extra])
+def test_operator_pins_agree_with_its_distribution_and_the_workers() -> None:
+    wanted = {**distribution_pins("operators"), **distribution_pins("client")}
     operator = pins(IMAGES / "operator/requirements.txt")
     assert {name: operator.get(name) for name in wanted} == wanted
     # The operator imports facility_client (the shared names) and asks the schedulers through
@@ -102,3 +105,29 @@ def test_operator_pins_agree_with_pyproject_and_the_workers() -> None:
         assert operator[name] == science[name]
     # It makes the workers itself: dask-jobqueue is the notebooks' business, not the operator's.
     assert "dask-jobqueue" not in operator
+
+
+def test_client_pins_are_the_workers() -> None:
+    science = pins(IMAGES / "requirements/science.txt")
+    wanted = distribution_pins("client")
+    assert {name: science.get(name) for name in wanted} == wanted
+
+
+# Each process's image holds its own distribution (and what it depends on), no other one.
+OWN_CODE = {
+    "hub": {"hub_config"},
+    "operator": {"operators", "client"},
+    "analysis": {"client", "examples"},
+    "worker": {"client"},
+}
+
+
+@pytest.mark.parametrize("image", sorted(OWN_CODE))
+def test_each_image_copies_only_its_own_distribution(image: str) -> None:
+    listed = {
+        line.split()[0]
+        for line in (IMAGES / image / "repo-files").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    code = {path for path in listed if not path.startswith("images/")}
+    assert code == OWN_CODE[image]
