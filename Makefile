@@ -54,12 +54,13 @@ lint: venv tools ## ruff, shell syntax and shellcheck (if installed), helm lint 
 	$(VENV)/bin/ruff format --check .
 	# Every shell script, by name: the commands in ci/ and .ci/ (a file with no extension) and the
 	# sourced ci/*.sh and ci/*.d/*.sh. shellcheck -x checks each with what it sources.
-	shopt -s nullglob; scripts=(); \
+	@shopt -s nullglob; scripts=(); \
 	for file in ci/* .ci/* ci/*.d/*.sh; do \
 	  if [[ -f $$file && ( $$file == *.sh || $${file##*/} != *.* ) ]]; then scripts+=("$$file"); fi; done; \
 	for script in "$${scripts[@]}"; do bash -n "$$script" || exit 1; done; \
 	if command -v shellcheck >/dev/null; then shellcheck -x -S warning "$${scripts[@]}"; \
-	else echo "shellcheck is not installed (Debian: shellcheck): shell syntax checked only"; fi
+	  echo "shell: bash -n and shellcheck passed: $${scripts[*]}"; \
+	else echo "shell: bash -n passed: $${scripts[*]} (no shellcheck: Debian's shellcheck adds it)"; fi
 	helm lint --strict charts/facility
 
 # The test layers' own local cluster (kwok nodes), so that `make test` runs beside `make up`'s
