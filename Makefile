@@ -50,13 +50,18 @@ $(NODE)/node_modules/.installed: $(NODE)/package-lock.json
 	npm ci --prefix $(NODE) --no-audit --no-fund --loglevel=error
 	touch $@
 
-lint: venv tools ## ruff, shell syntax, helm lint --strict
+lint: venv tools ## ruff, shell syntax and shellcheck (if installed), helm lint --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	# Every shell script, found by its first line (or .sh), and the sourced ci/versions.
-	for script in $$(find ci .ci -type f) ; do \
-	  if [[ $$script == *.sh || $$script == ci/versions ]] || head -1 $$script | grep -q '^#!/usr/bin/env bash'; then \
-	    bash -n $$script || exit 1; fi; done
+	# Every shell script, by name: the commands in ci/ and .ci/ (a file with no extension) and the
+	# sourced ci/*.sh and ci/*.d/*.sh. shellcheck -x checks each with what it sources.
+	@shopt -s nullglob; scripts=(); \
+	for file in ci/* .ci/* ci/*.d/*.sh; do \
+	  if [[ -f $$file && ( $$file == *.sh || $${file##*/} != *.* ) ]]; then scripts+=("$$file"); fi; done; \
+	for script in "$${scripts[@]}"; do bash -n "$$script" || exit 1; done; \
+	if command -v shellcheck >/dev/null; then shellcheck -x -S warning "$${scripts[@]}"; \
+	  echo "shell: bash -n and shellcheck passed: $${scripts[*]}"; \
+	else echo "shell: bash -n passed: $${scripts[*]} (no shellcheck: Debian's shellcheck adds it)"; fi
 	helm lint --strict charts/facility
 
 # The test layers' own local cluster (kwok nodes), so that `make test` runs beside `make up`'s

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154 # (ci/cluster, which sources this file, sets the variables)
 # Simulated node mode of ci/cluster (FACILITY_NODES=kwok, the default): kwok makes Node objects
 # live (heartbeats, Ready) and plays the kubelet for their pods (Running, Ready, deleted), so the
 # API server, scheduler and controllers all work for real while no container runs.

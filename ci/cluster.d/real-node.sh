@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154 # (ci/cluster, which sources this file, sets the variables)
 # Real node mode of ci/cluster (FACILITY_NODES=real): this machine is the one node. containerd
 # and runc (Debian) run the pods, Debian's CNI plugins give them a bridge network, kubelet and
 # kube-proxy come from the project's multi-call binary, and local-path-provisioner (ci/tools)

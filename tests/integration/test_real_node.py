@@ -30,7 +30,8 @@ COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 PORTS = [PORT_BASE + offset for offset in (79, 80, 43, 57, 59, 50, 48, 56, 49, 51)]
 NODE = "facility-node-0"
 NAMESPACE = "probe"
-# The chart's pods: uid 1000, group 100 (users), which also owns their volumes (fsGroup).
+# The users' notebook pods' identity (hub_config/spawner.py: UID, GID): uid 1000, group 100
+# (users), which also owns their volumes (fsGroup). (The chart's own pods run as 1000:1000.)
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
                 "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
