@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.local_cluster import cluster_ports
 from harness.net import listening, pid_alive
 from harness.paths import ROOT, TOOLS
 from harness.wait import wait_for
@@ -27,7 +28,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
 PORT_BASE = 19400
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
               "kubelet", "kube-proxy", "kube-router", "local-path-provisioner"]  # fmt: skip
-PORTS = [PORT_BASE + offset for offset in (79, 80, 43, 57, 59, 50, 48, 56, 49, 51)]
 NODE = "facility-node-0"
 NAMESPACE = "probe"
 # The users' notebook pods' identity (hub_config/spawner.py: UID, GID): uid 1000, group 100
@@ -241,13 +241,15 @@ def test_network_policies_are_enforced(real: dict[str, str], namespace: str, ima
 def test_down_leaves_nothing(real: dict[str, str]) -> None:
     state = Path(real["FACILITY_CLUSTER_DIR"])
     pids = {name: int((state / "pids" / name).read_text()) for name in COMPONENTS}
+    ports = cluster_ports(state)
+    assert set(ports) >= {"API_SERVER_PORT", "KUBELET_PORT", "KUBE_ROUTER_HEALTH_PORT"}, ports
     down = cluster(real, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert [name for name, pid in pids.items() if pid_alive(pid)] == []
     # Nor any process of its pods (containerd's shims outlive containerd).
     leftovers = subprocess.run(["pgrep", "-af", str(state)], capture_output=True, text=True)
     assert leftovers.stdout == ""
-    assert [port for port in PORTS if listening(port)] == []
+    assert [name for name, port in ports.items() if listening(port)] == []
     assert not state.exists()
     assert str(state) not in Path("/proc/mounts").read_text()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -22,7 +22,6 @@ from harness.paths import CHART
 from hub_config import spawner
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
-CONTRACT_LABELS = {"facility.hep.io/cluster", "facility.hep.io/owner"}
 
 
 def settings(**overrides: Any) -> Settings:
