@@ -29,6 +29,32 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/*
+The labels that select one component's pods: (dict "root" $ "component" "hub"). The chart's own
+pods carry its selector labels. The pods others make carry the release's instance label and
+their component alone: the users' servers (KubeSpawner: hub_config.spawner) and the Dask
+schedulers and workers (the operator: LABEL_INSTANCE and LABEL_COMPONENT of
+facility_client.contract).
+*/}}
+{{- define "facility.podSelectorLabels" -}}
+{{- if has .component (list "singleuser-server" "dask-scheduler" "dask-worker") -}}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- else -}}
+{{ include "facility.selectorLabels" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* NetworkPolicy peers: the pods of each component, (dict "root" $ "components" (list "hub")). */}}
+{{- define "facility.podPeers" -}}
+{{- range $i, $component := .components }}
+{{- if $i }}{{ "\n" }}{{ end -}}
+- podSelector:
+    matchLabels:
+      {{- include "facility.podSelectorLabels" (dict "root" $.root "component" $component) | nindent 6 }}
+{{- end }}
+{{- end -}}
+
 {{- define "facility.labels" -}}
 {{ include "facility.selectorLabels" . }}
 app.kubernetes.io/part-of: {{ include "facility.name" .root }}
@@ -132,9 +158,7 @@ the proxy (/services/dask/) and the hub (its service check); only when operator.
 {{- define "facility.egressOperator" -}}
 # The Dask operator's user API.
 - to:
-    - podSelector:
-        matchLabels:
-          {{- include "facility.selectorLabels" (dict "root" . "component" "operator") | nindent 10 }}
+    {{- include "facility.podPeers" (dict "root" . "components" (list "operator")) | nindent 4 }}
   ports:
     - port: {{ .Values.operator.apiPort }}
 {{- end -}}
