@@ -66,6 +66,52 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- end }}
 {{- end -}}
 
+{{/*
+A Service in front of one component's pods: (dict "root" $ "component" "edge" "service"
+.Values.edge.service "ports" (list (dict "name" "websecure" "port" 443))). "service" gives the
+type (default ClusterIP) and annotations, and for a NodePort or LoadBalancer Service its
+externalTrafficPolicy, loadBalancerIP and loadBalancerSourceRanges. Each port targets the
+container port of its name unless it gives targetPort, and may give a nodePort. "selects" names
+the component whose pods it reaches, when that is not "component".
+*/}}
+{{- define "facility.service" -}}
+{{- $svc := .service | default dict -}}
+{{- $type := $svc.type | default "ClusterIP" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  {{- include "facility.metadata" . | nindent 2 }}
+  {{- with $svc.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  type: {{ $type }}
+  {{- if ne $type "ClusterIP" }}
+  externalTrafficPolicy: {{ $svc.externalTrafficPolicy }}
+  {{- end }}
+  {{- if eq $type "LoadBalancer" }}
+  {{- with $svc.loadBalancerIP }}
+  loadBalancerIP: {{ . }}
+  {{- end }}
+  {{- with $svc.loadBalancerSourceRanges }}
+  loadBalancerSourceRanges:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- end }}
+  selector:
+    {{- include "facility.podSelectorLabels" (dict "root" .root "component" (.selects | default .component)) | nindent 4 }}
+  ports:
+    {{- range .ports }}
+    - name: {{ .name }}
+      port: {{ .port }}
+      targetPort: {{ .targetPort | default .name }}
+      {{- with .nodePort }}
+      nodePort: {{ . }}
+      {{- end }}
+    {{- end }}
+{{- end -}}
+
 {{/* metadata: name, namespace and labels of one component's object. */}}
 {{- define "facility.metadata" -}}
 name: {{ include "facility.componentName" . }}
