@@ -186,8 +186,8 @@ securityContext:
 {{- define "facility.egressDns" -}}
 # Cluster DNS.
 - ports:
-    - {port: 53, protocol: UDP}
-    - {port: 53, protocol: TCP}
+    - {port: {{ .Values.networkPolicy.dnsPort }}, protocol: UDP}
+    - {port: {{ .Values.networkPolicy.dnsPort }}, protocol: TCP}
 {{- end -}}
 
 {{/* NetworkPolicy egress rule: the Kubernetes API server. */}}
