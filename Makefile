@@ -90,6 +90,10 @@ test-chart: venv tools ## Chart tests: lint, render, schema; API checks need clu
 test-integration: venv tools ## Integration tests: tools, ci/cluster, real processes (most need cluster-up)
 	$(PYTEST) tests/integration
 
+.PHONY: values-schema
+values-schema: venv ## Write the chart's values.schema.json and docs/values.md from values.schema.yaml
+	$(VENV)/bin/python ci/values-schema.py
+
 .PHONY: bench
 bench: venv tools cluster-up ## Benchmarks, not tests (root): bench/<name>/report.json and report.png
 	$(VENV)/bin/python bench/xcache/run.py

@@ -23,10 +23,11 @@ def configure(c: Config, facility: Facility) -> None:
     names = facility.release["names"]
 
     # The hub listens for the proxy and the user servers; the proxy is its own Deployment.
-    c.JupyterHub.hub_bind_url = "http://:8081"
-    c.JupyterHub.hub_connect_url = f"http://{names['hub']}.{ns}:8081"
+    c.JupyterHub.hub_bind_url = f"http://:{hub['port']}"
+    c.JupyterHub.hub_connect_url = f"http://{names['hub']}.{ns}:{hub['port']}"
     c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = f"http://{names['proxyApi']}.{ns}:8001"
+    proxy_api_port = facility.values["proxy"]["apiPort"]
+    c.ConfigurableHTTPProxy.api_url = f"http://{names['proxyApi']}.{ns}:{proxy_api_port}"
     # Users' servers outlive a hub restart or upgrade.
     c.JupyterHub.cleanup_servers = False
     if hub["db"]["type"] == "url":

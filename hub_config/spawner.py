@@ -96,6 +96,7 @@ def environment(facility: Facility) -> dict[str, str]:
     edge = facility.values["edge"]
     names = facility.release["names"]
     xcache = facility.values["xcache"]
+    proxy = f"{names['proxyHttp']}.{facility.namespace}:{facility.values['proxy']['port']}"
     cache = {}
     if xcache["enabled"]:
         cache["FACILITY_XCACHE"] = f"root://{names['xcache']}.{facility.namespace}:{xcache['port']}"
@@ -111,7 +112,7 @@ def environment(facility: Facility) -> dict[str, str]:
         "FACILITY_NAMESPACE": facility.namespace,
         **cache,
         # The hub's token service, through the proxy (see hub_config.token_service).
-        "FACILITY_TOKENS_URL": f"http://{names['proxyHttp']}.{facility.namespace}:8000/services/tokens/",
+        "FACILITY_TOKENS_URL": f"http://{proxy}/services/tokens/",
         **facility.values["singleuser"]["extraEnv"],
     }
 
@@ -142,6 +143,7 @@ def spawner(facility: Facility) -> dict[str, Any]:
         # that knows nothing of the hub (404 at /user/<name>/).
         "cmd": ["jupyterhub-singleuser"],
         "image_pull_secrets": facility.values["imagePullSecrets"],
+        "port": single["port"],
         "default_url": single["defaultUrl"],
         "start_timeout": single["startTimeout"],
         "node_selector": single["nodeSelector"],

@@ -1,7 +1,7 @@
 """`python -m facility_operator`: the operator, for the release's namespace only.
 
 Environment: FACILITY_VALUES_DIR, FACILITY_FULLNAME, FACILITY_NAMESPACE (see settings.py), and
-FACILITY_LIVENESS_URL, where kopf answers the liveness probe.
+FACILITY_LIVENESS_URL, where kopf answers the liveness probe (the chart's operator.healthPort).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import kopf
 from facility_operator import handlers  # noqa: F401  (registers the handlers with kopf)
 from facility_operator.settings import Settings
 
-LIVENESS_URL = "http://0.0.0.0:8080/healthz"
-
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -24,7 +22,7 @@ def main() -> None:
         # One replica, one namespace: no peering objects, no cluster-wide permissions.
         standalone=True,
         namespaces=[settings.namespace],
-        liveness_endpoint=os.environ.get("FACILITY_LIVENESS_URL", LIVENESS_URL),
+        liveness_endpoint=os.environ["FACILITY_LIVENESS_URL"],
         memo=kopf.Memo(settings=settings),
     )
 

@@ -38,7 +38,7 @@ def token_of(authorization: str | None) -> str:
 
 
 class HubAuth:
-    """Resolves tokens through the hub's REST API at api_url (e.g. http://hub:8081/hub/api)."""
+    """Resolves tokens through the hub's REST API at api_url (Settings.hub_api_url)."""
 
     def __init__(self, api_url: str, session: aiohttp.ClientSession, service: str) -> None:
         self.api_url = api_url.rstrip("/")

@@ -48,7 +48,7 @@ class Settings:
     release: str  # the Helm release's name (the chart's app.kubernetes.io/instance label)
     dask_domain: str  # edge.dask.domain: clusters are tls://<id>.<domain>:<public_port>
     public_port: int  # edge.service.port
-    hub_api_url: str  # e.g. http://<fullname>-hub.<namespace>:8081/hub/api
+    hub_api_url: str  # e.g. http://<fullname>-hub.<namespace>:<hub.port>/hub/api
     worker_image: str  # the default image of schedulers and workers
     worker_image_pull_policy: str
     image_pull_secrets: tuple[str, ...]
@@ -120,7 +120,7 @@ class Settings:
             release=release_name or release_fullname,
             dask_domain=str(edge["dask"]["domain"]),
             public_port=int(edge["service"]["port"]),
-            hub_api_url=f"http://{hub}.{namespace}:8081/hub/api",
+            hub_api_url=f"http://{hub}.{namespace}:{values['hub']['port']}/hub/api",
             worker_image=image_ref(values.get("imageRegistry", ""), worker_image, app_version),
             worker_image_pull_policy=str(worker_image.get("pullPolicy", "IfNotPresent")),
             image_pull_secrets=tuple(values.get("imagePullSecrets") or ()),

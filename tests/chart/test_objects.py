@@ -209,7 +209,8 @@ def test_the_operator_reads_its_values_without_the_hubs_secrets() -> None:
         if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-operator-values")
     ]
     values = yaml.safe_load(config["data"]["values.yaml"])
-    assert set(values) <= {"operator", "edge", "xcache", "imageRegistry", "imagePullSecrets"}
+    assert set(values) <= {"operator", "edge", "xcache", "imageRegistry", "imagePullSecrets", "hub"}
+    assert set(values["hub"]) == {"port"}  # of the hub's values, its port alone
     assert "clientSecret" not in config["data"]["values.yaml"]
     whole = yaml.safe_load((VALUES_DIR / "everything.yaml").read_text())
     (hub_values,) = [

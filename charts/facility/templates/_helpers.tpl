@@ -29,6 +29,32 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/*
+The labels that select one component's pods: (dict "root" $ "component" "hub"). The chart's own
+pods carry its selector labels. The pods others make carry the release's instance label and
+their component alone: the users' servers (KubeSpawner: hub_config.spawner) and the Dask
+schedulers and workers (the operator: LABEL_INSTANCE and LABEL_COMPONENT of
+facility_client.contract).
+*/}}
+{{- define "facility.podSelectorLabels" -}}
+{{- if has .component (list "singleuser-server" "dask-scheduler" "dask-worker") -}}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- else -}}
+{{ include "facility.selectorLabels" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* NetworkPolicy peers: the pods of each component, (dict "root" $ "components" (list "hub")). */}}
+{{- define "facility.podPeers" -}}
+{{- range $i, $component := .components }}
+{{- if $i }}{{ "\n" }}{{ end -}}
+- podSelector:
+    matchLabels:
+      {{- include "facility.podSelectorLabels" (dict "root" $.root "component" $component) | nindent 6 }}
+{{- end }}
+{{- end -}}
+
 {{- define "facility.labels" -}}
 {{ include "facility.selectorLabels" . }}
 app.kubernetes.io/part-of: {{ include "facility.name" .root }}
@@ -38,6 +64,52 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- with .root.Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+A Service in front of one component's pods: (dict "root" $ "component" "edge" "service"
+.Values.edge.service "ports" (list (dict "name" "websecure" "port" 443))). "service" gives the
+type (default ClusterIP) and annotations, and for a NodePort or LoadBalancer Service its
+externalTrafficPolicy, loadBalancerIP and loadBalancerSourceRanges. Each port targets the
+container port of its name unless it gives targetPort, and may give a nodePort. "selects" names
+the component whose pods it reaches, when that is not "component".
+*/}}
+{{- define "facility.service" -}}
+{{- $svc := .service | default dict -}}
+{{- $type := $svc.type | default "ClusterIP" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  {{- include "facility.metadata" . | nindent 2 }}
+  {{- with $svc.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  type: {{ $type }}
+  {{- if ne $type "ClusterIP" }}
+  externalTrafficPolicy: {{ $svc.externalTrafficPolicy }}
+  {{- end }}
+  {{- if eq $type "LoadBalancer" }}
+  {{- with $svc.loadBalancerIP }}
+  loadBalancerIP: {{ . }}
+  {{- end }}
+  {{- with $svc.loadBalancerSourceRanges }}
+  loadBalancerSourceRanges:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- end }}
+  selector:
+    {{- include "facility.podSelectorLabels" (dict "root" .root "component" (.selects | default .component)) | nindent 4 }}
+  ports:
+    {{- range .ports }}
+    - name: {{ .name }}
+      port: {{ .port }}
+      targetPort: {{ .targetPort | default .name }}
+      {{- with .nodePort }}
+      nodePort: {{ . }}
+      {{- end }}
+    {{- end }}
 {{- end -}}
 
 {{/* metadata: name, namespace and labels of one component's object. */}}
@@ -114,8 +186,8 @@ securityContext:
 {{- define "facility.egressDns" -}}
 # Cluster DNS.
 - ports:
-    - {port: 53, protocol: UDP}
-    - {port: 53, protocol: TCP}
+    - {port: {{ .Values.networkPolicy.dnsPort }}, protocol: UDP}
+    - {port: {{ .Values.networkPolicy.dnsPort }}, protocol: TCP}
 {{- end -}}
 
 {{/* NetworkPolicy egress rule: the Kubernetes API server. */}}
@@ -132,9 +204,7 @@ the proxy (/services/dask/) and the hub (its service check); only when operator.
 {{- define "facility.egressOperator" -}}
 # The Dask operator's user API.
 - to:
-    - podSelector:
-        matchLabels:
-          {{- include "facility.selectorLabels" (dict "root" . "component" "operator") | nindent 10 }}
+    {{- include "facility.podPeers" (dict "root" . "components" (list "operator")) | nindent 4 }}
   ports:
     - port: {{ .Values.operator.apiPort }}
 {{- end -}}
