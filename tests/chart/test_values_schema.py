@@ -3,25 +3,19 @@ reference are generated from it by ci/values-schema.py, and every key is describ
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import yaml
 
-GENERATOR = Path(__file__).resolve().parents[2] / "ci" / "values-schema.py"
+from harness.modules import module_from_file
+from harness.paths import ROOT
+
+GENERATOR = ROOT / "ci" / "values-schema.py"
 
 
 def generator() -> ModuleType:
     """ci/values-schema.py as a module (its file name is not an importable name)."""
-    spec = importlib.util.spec_from_file_location("values_schema", GENERATOR)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return module_from_file(GENERATOR, "values_schema")
 
 
 def test_the_json_schema_and_the_reference_are_generated_from_the_yaml_source() -> None:

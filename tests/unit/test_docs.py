@@ -24,14 +24,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-DOCS = sorted([*(ROOT / "docs").glob("*.md"), ROOT / "README.md"])
+from harness.paths import ROOT
 
-# Paths that the docs name ahead of the code: the lead's move of the test helpers into the
-# harness package (tests/integration/*.py and node/, tests/conftest.py, tests/chart/render.py
-# -> harness/), the hub's and the operator's own Python distributions, and the values
-# reference that is generated. Emptied once the harness move lands (the lead removes it).
-PLANNED_PATHS = frozenset({"docs/values.md"})
+DOCS = sorted([*(ROOT / "docs").glob("*.md"), ROOT / "README.md"])
 
 # Inline code that looks like a path and is none: words of other systems.
 NOT_PATHS = frozenset(
@@ -121,7 +116,7 @@ def missing_paths(text: str, folder: Path, label: str, names: frozenset[str]) ->
         for match in CODE.finditer(line):
             code = match.group(2).strip()
             path, _, name = code.partition("::")
-            if not is_path(path) or path in PLANNED_PATHS:
+            if not is_path(path):
                 continue
             if not exists(ROOT, path, names):
                 missing.append(f"{label}:{number}: `{code}`")
@@ -135,8 +130,7 @@ def missing_paths(text: str, folder: Path, label: str, names: frozenset[str]) ->
             if not resolved.is_relative_to(ROOT):
                 missing.append(f"{label}:{number}: ({target}) is outside the repository")
                 continue
-            relative = resolved.relative_to(ROOT).as_posix()
-            if relative in PLANNED_PATHS or resolved.exists():
+            if resolved.exists():
                 continue
             missing.append(f"{label}:{number}: ({target})")
     return missing
