@@ -82,6 +82,11 @@ class Settings:
         """The facility CA's Secret (operators/README.md, TLS)."""
         return f"{self.fullname}-dask-ca"
 
+    @property
+    def usage_config_map(self) -> str:
+        """Where the operator keeps the users' usage (usage.py); the chart's Role names it."""
+        return component_name(self.fullname, "operator-usage")
+
     def backend_config(self, backend: str) -> dict[str, Any]:
         """One backend's values from the chart as the backends read them: keys in snake_case
         (edgeHost -> edge_host), empty strings and nulls left out (unset)."""
