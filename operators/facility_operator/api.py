@@ -30,6 +30,7 @@ from facility_operator.clusters import Clusters
 from facility_operator.errors import ApiError
 from facility_operator.hub_auth import HubAuth, User
 from facility_operator.kube import Kube
+from facility_operator.metrics import ClusterIndex, OperatorMetrics
 from facility_operator.names import new_cluster_id, user_slug
 from facility_operator.settings import Settings
 from facility_operator.workers import WorkerController
@@ -45,6 +46,7 @@ SETTINGS = web.AppKey("settings", Settings)
 CLUSTERS = web.AppKey("clusters", Clusters)
 HUB = web.AppKey("hub", HubAuth)
 WORKERS = web.AppKey("workers", WorkerController)
+METRICS = web.AppKey("metrics", OperatorMetrics)
 # One change at a time per user: a quota check and the create or patch it allows happen
 # together (the operator runs as one replica).
 LOCKS = web.AppKey("locks", defaultdict)
@@ -75,6 +77,17 @@ async def body_of(request: web.Request) -> Any:
         return await request.json()
     except ValueError as error:
         raise ApiError(400, f"the body is not JSON ({error})") from error
+
+
+def check_quotas(request: web.Request, user: User, *changes: Any) -> None:
+    """quotas.check for this user, counting a refusal by the limit that held."""
+    limits = quotas.limits(request.app[SETTINGS].quotas, user.name, user.groups)
+    try:
+        quotas.check(limits, user.name, *changes)
+    except quotas.QuotaExceeded as refusal:
+        counter = request.app[METRICS].quota_refusals
+        counter.labels(user=user.name, quota=refusal.limit.kind).inc()
+        raise
 
 
 def view(cluster: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -146,8 +159,7 @@ async def create_cluster(request: web.Request) -> web.Response:
         # The API server validates the object and fills its defaults; the quota counts that.
         proposed = await clusters.create(body, dry_run=True)
         mine = [c["spec"] for c in await clusters.mine(user.name)]
-        limits = quotas.limits(settings.quotas, user.name, user.groups)
-        quotas.check(limits, user.name, mine, proposed["spec"])
+        check_quotas(request, user, mine, proposed["spec"])
         created = await clusters.create(body)
     return web.json_response(view(created, settings), status=201)
 
@@ -175,8 +187,7 @@ async def scale_cluster(request: web.Request) -> web.Response:
         proposed = await clusters.patch_spec(cluster_id, change, dry_run=True)
         mine = await clusters.mine(user.name)
         others = [c["spec"] for c in mine if c["metadata"]["name"] != cluster_id]
-        limits = quotas.limits(settings.quotas, user.name, user.groups)
-        quotas.check(limits, user.name, others, proposed["spec"], current["spec"])
+        check_quotas(request, user, others, proposed["spec"], current["spec"])
         patched = await clusters.patch_spec(cluster_id, change)
     return web.json_response(view(patched, settings))
 
@@ -277,17 +288,23 @@ def make_app(
     *,
     kube: client.ApiClient | None = None,
     controller: WorkerController | None = None,
+    metrics: OperatorMetrics | None = None,
 ) -> web.Application:
     """The API as an aiohttp application. kube: the Kubernetes client to use (default: the
     in-cluster service account, or the kubeconfig outside a cluster); controller: the
-    operator's worker controller (default: one of the API's own, to read the workers)."""
+    operator's worker controller (default: one of the API's own, to read the workers);
+    metrics: where the API counts its requests (default: a registry of its own)."""
     if kube is None:
         kube_config.load()
         kube = client.ApiClient()
     if controller is None:
         controller = WorkerController(Kube(kube), settings, kube)
-    app = web.Application(middlewares=[json_errors])
+    if metrics is None:
+        metrics = OperatorMetrics(ClusterIndex(), controller.ledger)
+    # Measured outside the error middleware: the status counted is the one answered.
+    app = web.Application(middlewares=[metrics.api_middleware(PREFIX), json_errors])
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[CLUSTERS] = Clusters(kube, settings.namespace)
     app[LOCKS] = defaultdict(asyncio.Lock)
     app[WORKERS] = controller

@@ -60,6 +60,7 @@ class Settings:
     sweep_interval: float  # seconds between two sweeps of orphaned batch jobs
     status_interval: float  # seconds between two status updates of a cluster
     api_port: int
+    metrics_port: int  # where the site's scraper reads the operator's /metrics (metrics.py)
     edge_routes_port: int  # where the edge's HTTP provider polls its Dask routes (edge_routes)
     scheduler_resources: Mapping[str, Any]
     worker_interval: float  # seconds between two looks at a cluster's workers
@@ -137,6 +138,7 @@ class Settings:
             sweep_interval=float(operator["sweepInterval"]),
             status_interval=float(operator["statusInterval"]),
             api_port=int(operator["apiPort"]),
+            metrics_port=int(operator["metricsPort"]),
             edge_routes_port=int(operator["edgeRoutesPort"]),
             scheduler_resources=dict(operator["scheduler"]["resources"]),
             worker_interval=float(operator["workers"]["interval"]),
