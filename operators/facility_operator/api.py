@@ -8,6 +8,8 @@ user until its idle timeout.
 
 The hub's proxy forwards /services/dask/... with its prefix; notebooks call the operator's
 Service directly without it. Both are served.
+
+GET /usage (the hub's admins only) answers what each user's workers used, and since when.
 """
 
 from __future__ import annotations
@@ -283,6 +285,17 @@ async def credentials(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
+async def usage(request: web.Request) -> web.Response:
+    """Core-seconds and worker-seconds by user and group since the facility began counting
+    (usage.py), for the hub's admins; ?user=<name> for one user's."""
+    user = await caller(request)
+    if not user.admin:
+        message = f"the usage of the facility is for the hub's admins only, and {user.name} is none"
+        raise ApiError(403, message)
+    wanted = request.query.get("user") or None
+    return web.json_response(request.app[WORKERS].ledger.report(wanted))
+
+
 def make_app(
     settings: Settings,
     *,
@@ -325,4 +338,5 @@ def make_app(
         app.router.add_put(f"{prefix}/clusters/{{id}}/token", share_token)
         app.router.add_get(f"{prefix}/clusters/{{id}}/workers", list_workers)
         app.router.add_get(f"{prefix}/clusters/{{id}}/workers/{{name}}/logs", worker_logs)
+        app.router.add_get(f"{prefix}/usage", usage)
     return app

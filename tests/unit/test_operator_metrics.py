@@ -397,19 +397,54 @@ def test_api_requests_are_counted_by_route_pattern_method_and_status(stand_in_hu
             ("GET", "/services/dask/clusters/alice-x2y3z", None),
             ("DELETE", "/clusters/alice-x1y2z/workers", "alice-token"),
             ("GET", "/no/such/path/alice-x1y2z", "alice-token"),
+            ("GET", "/usage", "root-token"),
         ],
     )
-    assert [status for status, _ in answers] == [401, 401, 405, 404]
+    assert [status for status, _ in answers] == [401, 401, 405, 404, 200]
     assert samples(metrics, "facility_operator_api_requests_total") == {
         # Both ways in count as one route, by its pattern (never the cluster's id).
         (("method", "GET"), ("route", "/clusters/{id}"), ("status", "401")): 2,
         (("method", "DELETE"), ("route", "unmatched"), ("status", "405")): 1,
         (("method", "GET"), ("route", "unmatched"), ("status", "404")): 1,
+        (("method", "GET"), ("route", "/usage"), ("status", "200")): 1,
     }
     durations = samples(metrics, "facility_operator_api_request_duration_seconds_count")
     assert durations[(("method", "GET"), ("route", "/clusters/{id}"))] == 2
     buckets = samples(metrics, "facility_operator_api_request_duration_seconds_bucket")
-    assert buckets[(("le", "+Inf"), ("method", "GET"), ("route", "/clusters/{id}"))] == 2
+    assert buckets[(("le", "+Inf"), ("method", "GET"), ("route", "/usage"))] == 1
+
+
+def test_usage_is_for_admins_and_a_user_may_be_picked(stand_in_hub: Hub) -> None:
+    clock = Clock()
+    ledger = UsageLedger(SINCE, clock)
+    for owner in ("alice", "bob"):
+        ledger.running(f"facility/{owner}", owner, ["cms"], workers=1, cores=2)
+    clock.now += 10
+    for owner in ("alice", "bob"):
+        ledger.running(f"facility/{owner}", owner, ["cms"], workers=1, cores=2)
+    metrics, answers = api_calls(
+        stand_in_hub,
+        ledger,
+        [
+            ("GET", "/usage", "alice-token"),
+            ("GET", "/services/dask/usage", "root-token"),
+            ("GET", "/usage?user=bob", "root-token"),
+            ("GET", "/usage", None),
+        ],
+    )
+    (refused, body), (whole, everyone), (picked, bob), (anonymous, _) = answers
+    assert refused == 403
+    assert body == {
+        "error": "the usage of the facility is for the hub's admins only, and alice is none",
+        "field": None,
+    }
+    assert (whole, sorted(everyone["users"]), everyone["since"]) == (200, ["alice", "bob"], SINCE)
+    assert everyone["groups"]["cms"] == {"coreSeconds": 40, "workerSeconds": 20,
+                                         "users": ["alice", "bob"]}  # fmt: skip
+    assert (picked, list(bob["users"]), bob["users"]["bob"]["coreSeconds"]) == (200, ["bob"], 20)
+    assert anonymous == 401
+    counted = samples(metrics, "facility_operator_api_requests_total")
+    assert counted[(("method", "GET"), ("route", "/usage"), ("status", "403"))] == 1
 
 
 def test_quota_refusals_are_counted_by_user_and_limit() -> None:
