@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -55,7 +55,7 @@ class Seen:
     owner: str
     backend: str
     phase: str
-    worker_states: Mapping[str, int] = field(default_factory=dict)
+    worker_states: Mapping[str, int]  # by WORKER_STATES
 
 
 class ClusterIndex:
