@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -81,11 +81,17 @@ async def body_of(request: web.Request) -> Any:
         raise ApiError(400, f"the body is not JSON ({error})") from error
 
 
-def check_quotas(request: web.Request, user: User, *changes: Any) -> None:
-    """quotas.check for this user, counting a refusal by the limit that held."""
+def check_quotas(
+    request: web.Request,
+    user: User,
+    others: list[Mapping[str, Any]],
+    proposed: Mapping[str, Any],
+    current: Mapping[str, Any] | None = None,
+) -> None:
+    """quotas.check for the caller, counting a refusal by the limit that held."""
     limits = quotas.limits(request.app[SETTINGS].quotas, user.name, user.groups)
     try:
-        quotas.check(limits, user.name, *changes)
+        quotas.check(limits, user.name, others, proposed, current)
     except quotas.QuotaExceeded as refusal:
         counter = request.app[METRICS].quota_refusals
         counter.labels(user=user.name, quota=refusal.limit.kind).inc()
