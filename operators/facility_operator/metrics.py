@@ -7,9 +7,9 @@ and the usage ledger (usage.py). What happens (API requests, errors, refusals, r
 counted where it happens.
 
 Labels stay bounded: `user` where it makes sense (a site has hundreds of users), no cluster
-label, API routes by aiohttp's pattern (`/clusters/{id}`), never the path, and a method that no
-route has as "other". Each registry is its own (not prometheus_client's global one), so that
-tests and several apps in one process do not share counters.
+label, API routes by aiohttp's pattern (`/clusters/{id}`), never the path, and any method but
+the usual HTTP ones as "other". Each registry is its own (not prometheus_client's global one),
+so that tests and several apps in one process do not share counters.
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from facility_operator import resources as res
+from facility_operator.backends.base import PENDING
 from facility_operator.usage import UsageLedger
+from facility_operator.workers import CONNECTED, STARTING
 
 PATH = "/metrics"
 UNMATCHED = "unmatched"  # the route of a request that matched none (404, 405)
 OTHER_METHOD = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # The worker controller's states of a live worker (WorkerController.status, workerStates).
-WORKER_STATES = ("pending", "starting", "connected")
+WORKER_STATES = (PENDING, STARTING, CONNECTED)
 # What facility_operator_reconcile_errors_total's handler label names.
 HANDLERS = {
     "reconcile": "making a cluster's objects",
