@@ -192,9 +192,17 @@ class UsageStore:
 
     def load(self, clock: Clock = time.monotonic) -> UsageLedger:
         """The totals so far; a new ledger, counting from now, when there are none."""
-        data = self.kube.config_map_data(self.settings.namespace, self.settings.usage_config_map)
+        name = self.settings.usage_config_map
+        data = self.kube.config_map_data(self.settings.namespace, name)
         if data is not None and DATA_KEY in data:
-            return UsageLedger.from_json(data[DATA_KEY], clock)
+            try:
+                return UsageLedger.from_json(data[DATA_KEY], clock)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                # Loud: counting from zero would overwrite the site's accounting at the next save.
+                raise RuntimeError(
+                    f"the ConfigMap {name} holds no usage the operator can read ({error!r}):"
+                    f" fix its {DATA_KEY}, or delete it to count from zero"
+                ) from error
         ledger = UsageLedger(utc_now(), clock)
         self.kube.create(config_map(self.settings, ledger))
         return ledger

@@ -194,6 +194,14 @@ def test_a_failed_save_is_made_good_by_the_next() -> None:
     assert kube.writes == writes
 
 
+def test_unreadable_usage_stops_the_operator_rather_than_count_from_zero() -> None:
+    kube = StandInConfigMaps()
+    kube.data[SETTINGS.usage_config_map] = {DATA_KEY: '{"users": {}}'}  # no "since"
+    with pytest.raises(RuntimeError, match="af-facility-operator-usage holds no usage the"):
+        UsageStore(kube, SETTINGS).load()  # type: ignore[arg-type]
+    assert kube.writes == 0
+
+
 def test_usage_report_by_user_and_group() -> None:
     clock = Clock()
     ledger = UsageLedger(SINCE, clock)
