@@ -73,8 +73,15 @@ class Operator:
         self.namespace = namespace
         self.log = workdir / "operator.log"
         api_port, health_port, routes_port = free_port(), free_port(), free_port()
+        metrics_port = free_port()
         chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
-        ports = {"operator": {"apiPort": api_port, "edgeRoutesPort": routes_port}}
+        ports = {
+            "operator": {
+                "apiPort": api_port,
+                "edgeRoutesPort": routes_port,
+                "metricsPort": metrics_port,
+            }
+        }
         merged = merge_values(chart_values, merge_values(ports, values))
         config_dir = workdir / "values"
         config_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +90,7 @@ class Operator:
         self.health = f"http://127.0.0.1:{health_port}/healthz"
         self.api_url = f"http://127.0.0.1:{api_port}"
         self.routes_url = f"http://127.0.0.1:{routes_port}/routes"  # the edge's HTTP provider
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # the site's scraper
         self.env = {
             **os.environ,
             **(env or {}),

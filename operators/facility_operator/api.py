@@ -8,6 +8,8 @@ user until its idle timeout.
 
 The hub's proxy forwards /services/dask/... with its prefix; notebooks call the operator's
 Service directly without it. Both are served.
+
+GET /usage (the hub's admins only) answers what each user's workers used, and since when.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -30,6 +32,7 @@ from facility_operator.clusters import Clusters
 from facility_operator.errors import ApiError
 from facility_operator.hub_auth import HubAuth, User
 from facility_operator.kube import Kube
+from facility_operator.metrics import ClusterIndex, OperatorMetrics
 from facility_operator.names import new_cluster_id, user_slug
 from facility_operator.settings import Settings
 from facility_operator.workers import WorkerController
@@ -45,6 +48,7 @@ SETTINGS = web.AppKey("settings", Settings)
 CLUSTERS = web.AppKey("clusters", Clusters)
 HUB = web.AppKey("hub", HubAuth)
 WORKERS = web.AppKey("workers", WorkerController)
+METRICS = web.AppKey("metrics", OperatorMetrics)
 # One change at a time per user: a quota check and the create or patch it allows happen
 # together (the operator runs as one replica).
 LOCKS = web.AppKey("locks", defaultdict)
@@ -75,6 +79,23 @@ async def body_of(request: web.Request) -> Any:
         return await request.json()
     except ValueError as error:
         raise ApiError(400, f"the body is not JSON ({error})") from error
+
+
+def check_quotas(
+    request: web.Request,
+    user: User,
+    others: list[Mapping[str, Any]],
+    proposed: Mapping[str, Any],
+    current: Mapping[str, Any] | None = None,
+) -> None:
+    """quotas.check for the caller, counting a refusal by the limit that held."""
+    limits = quotas.limits(request.app[SETTINGS].quotas, user.name, user.groups)
+    try:
+        quotas.check(limits, user.name, others, proposed, current)
+    except quotas.QuotaExceeded as refusal:
+        counter = request.app[METRICS].quota_refusals
+        counter.labels(user=user.name, quota=refusal.limit.kind).inc()
+        raise
 
 
 def view(cluster: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -146,8 +167,7 @@ async def create_cluster(request: web.Request) -> web.Response:
         # The API server validates the object and fills its defaults; the quota counts that.
         proposed = await clusters.create(body, dry_run=True)
         mine = [c["spec"] for c in await clusters.mine(user.name)]
-        limits = quotas.limits(settings.quotas, user.name, user.groups)
-        quotas.check(limits, user.name, mine, proposed["spec"])
+        check_quotas(request, user, mine, proposed["spec"])
         created = await clusters.create(body)
     return web.json_response(view(created, settings), status=201)
 
@@ -175,8 +195,7 @@ async def scale_cluster(request: web.Request) -> web.Response:
         proposed = await clusters.patch_spec(cluster_id, change, dry_run=True)
         mine = await clusters.mine(user.name)
         others = [c["spec"] for c in mine if c["metadata"]["name"] != cluster_id]
-        limits = quotas.limits(settings.quotas, user.name, user.groups)
-        quotas.check(limits, user.name, others, proposed["spec"], current["spec"])
+        check_quotas(request, user, others, proposed["spec"], current["spec"])
         patched = await clusters.patch_spec(cluster_id, change)
     return web.json_response(view(patched, settings))
 
@@ -272,22 +291,39 @@ async def credentials(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
+async def usage(request: web.Request) -> web.Response:
+    """Core-seconds and worker-seconds by user and group since the facility began counting
+    (usage.py), for the hub's admins; ?user=<name> for one user's."""
+    user = await caller(request)
+    if not user.admin:
+        message = f"the usage of the facility is for the hub's admins only, and {user.name} is none"
+        raise ApiError(403, message)
+    wanted = request.query.get("user") or None
+    return web.json_response(request.app[WORKERS].ledger.report(wanted))
+
+
 def make_app(
     settings: Settings,
     *,
     kube: client.ApiClient | None = None,
     controller: WorkerController | None = None,
+    metrics: OperatorMetrics | None = None,
 ) -> web.Application:
     """The API as an aiohttp application. kube: the Kubernetes client to use (default: the
     in-cluster service account, or the kubeconfig outside a cluster); controller: the
-    operator's worker controller (default: one of the API's own, to read the workers)."""
+    operator's worker controller (default: one of the API's own, to read the workers);
+    metrics: where the API counts its requests (default: a registry of its own)."""
     if kube is None:
         kube_config.load()
         kube = client.ApiClient()
     if controller is None:
         controller = WorkerController(Kube(kube), settings, kube)
-    app = web.Application(middlewares=[json_errors])
+    if metrics is None:
+        metrics = OperatorMetrics(ClusterIndex(), controller.ledger)
+    # Measured outside the error middleware: the status counted is the one answered.
+    app = web.Application(middlewares=[metrics.api_middleware(PREFIX), json_errors])
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[CLUSTERS] = Clusters(kube, settings.namespace)
     app[LOCKS] = defaultdict(asyncio.Lock)
     app[WORKERS] = controller
@@ -308,4 +344,5 @@ def make_app(
         app.router.add_put(f"{prefix}/clusters/{{id}}/token", share_token)
         app.router.add_get(f"{prefix}/clusters/{{id}}/workers", list_workers)
         app.router.add_get(f"{prefix}/clusters/{{id}}/workers/{{name}}/logs", worker_logs)
+        app.router.add_get(f"{prefix}/usage", usage)
     return app

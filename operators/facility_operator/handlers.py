@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -19,7 +20,9 @@ from facility_operator import reconcile
 from facility_operator import resources as res
 from facility_operator.edge_routes import EdgeRoutes
 from facility_operator.kube import Kube
+from facility_operator.metrics import ClusterIndex, OperatorMetrics
 from facility_operator.settings import Settings
+from facility_operator.usage import FLUSH_SECONDS, UsageStore
 from facility_operator.workers import WorkerController
 
 DASK_CLUSTERS = (res.GROUP, res.VERSION, res.PLURAL)
@@ -42,7 +45,21 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.scanning.disabled = True
 
 
-def _api_app(settings: Settings, controller: WorkerController) -> web.Application | None:
+@contextlib.contextmanager
+def errors_counted(memo: kopf.Memo, handler: str) -> Iterator[None]:
+    """Count a handler's failure (kopf retries it); a wait that it asks kopf for is none."""
+    try:
+        yield
+    except kopf.TemporaryError:
+        raise
+    except Exception:
+        memo.metrics.reconcile_error(handler)
+        raise
+
+
+def _api_app(
+    settings: Settings, controller: WorkerController, metrics: OperatorMetrics
+) -> web.Application | None:
     """The users' API (facility_operator.api), when this build has it."""
     try:
         api = importlib.import_module("facility_operator.api")
@@ -50,26 +67,47 @@ def _api_app(settings: Settings, controller: WorkerController) -> web.Applicatio
         if error.name != "facility_operator.api":
             raise
         return None
-    return api.make_app(settings, kube=controller.kube.api, controller=controller)
+    return api.make_app(settings, kube=controller.kube.api, controller=controller, metrics=metrics)
+
+
+async def sweep_once(memo: kopf.Memo) -> None:
+    """Remove the workers of gone clusters; renew the edge's routes, and the clusters the
+    metrics count, from a listing."""
+    settings: Settings = memo.settings
+    # Backends in use, and the default: a gone cluster's jobs are on one of these.
+    backends = {settings.default_backend, *memo.backends_seen}
+    try:
+        removed = await asyncio.to_thread(reconcile.sweep, memo.kube, settings, backends)
+    except Exception:
+        # An API server hiccup must not end the sweeping for the operator's lifetime.
+        memo.metrics.reconcile_error("sweep")
+        log.exception("sweep failed; next try in %s s", settings.sweep_interval)
+    else:
+        for backend, count in removed.items():
+            memo.metrics.sweep_removals.labels(backend=backend).inc(count)
+    try:
+        mark, seen_mark = memo.routes.mark(), memo.clusters_seen.mark()
+        listed = await asyncio.to_thread(memo.kube.clusters, settings.namespace)
+        memo.routes.replace(listed, mark)
+        memo.clusters_seen.prune(listed, seen_mark)
+    except Exception:
+        memo.metrics.reconcile_error("routes")
+        log.exception("the edge's routes could not be listed; next try with the next sweep")
 
 
 async def _sweep_forever(memo: kopf.Memo) -> None:
-    settings: Settings = memo.settings
     while True:
-        # Backends in use, and the default: a gone cluster's jobs are on one of these.
-        backends = {settings.default_backend, *memo.backends_seen}
+        await sweep_once(memo)
+        await asyncio.sleep(memo.settings.sweep_interval)
+
+
+async def _save_usage_forever(memo: kopf.Memo) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
         try:
-            await asyncio.to_thread(reconcile.sweep, memo.kube, settings, backends)
+            await asyncio.to_thread(memo.usage_store.save, memo.workers.ledger)
         except Exception:
-            # An API server hiccup must not end the sweeping for the operator's lifetime.
-            log.exception("sweep failed; next try in %s s", settings.sweep_interval)
-        try:
-            mark = memo.routes.mark()
-            listed = await asyncio.to_thread(memo.kube.clusters, settings.namespace)
-            memo.routes.replace(listed, mark)
-        except Exception:
-            log.exception("the edge's routes could not be listed; next try with the next sweep")
-        await asyncio.sleep(settings.sweep_interval)
+            log.exception("the usage could not be saved; next try in %s s", FLUSH_SECONDS)
 
 
 async def _serve(app: web.Application, port: int) -> web.AppRunner:
@@ -85,16 +123,26 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, *
     memo.kube = await asyncio.to_thread(Kube.connect)
     await asyncio.to_thread(reconcile.ensure_ca, memo.kube, memo.settings)
     memo.backends_seen = set()
-    memo.workers = WorkerController(memo.kube, memo.settings, memo.kube.api)
+    # The usage so far, before any tick adds to it.
+    memo.usage_store = UsageStore(memo.kube, memo.settings)
+    ledger = await asyncio.to_thread(memo.usage_store.load)
+    memo.workers = WorkerController(memo.kube, memo.settings, memo.kube.api, ledger)
+    memo.clusters_seen = ClusterIndex()
+    memo.metrics = OperatorMetrics(memo.clusters_seen, ledger)
+    memo.runners = [await _serve(memo.metrics.app(), memo.settings.metrics_port)]
+    logger.info(f"the metrics are served on port {memo.settings.metrics_port}")
     # The edge's routes from a listing before they are served: an edge that polls a
     # restarted operator never sees an empty table while clusters run.
     memo.routes = EdgeRoutes(memo.settings)
     listed = await asyncio.to_thread(memo.kube.clusters, memo.settings.namespace)
     memo.routes.replace(listed, memo.routes.mark())
-    memo.runners = [await _serve(memo.routes.app(), memo.settings.edge_routes_port)]
+    memo.runners.append(await _serve(memo.routes.app(), memo.settings.edge_routes_port))
     logger.info(f"the edge's routes are served on port {memo.settings.edge_routes_port}")
-    memo.sweeper = asyncio.create_task(_sweep_forever(memo))
-    app = _api_app(memo.settings, memo.workers)
+    memo.tasks = [
+        asyncio.create_task(_sweep_forever(memo)),
+        asyncio.create_task(_save_usage_forever(memo)),
+    ]
+    app = _api_app(memo.settings, memo.workers, memo.metrics)
     if app is not None:
         memo.runners.append(await _serve(app, memo.settings.api_port))
         logger.info(f"the users' API listens on port {memo.settings.api_port}")
@@ -102,18 +150,22 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, *
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    memo.sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await memo.sweeper
+    for task in memo.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     for runner in memo.runners:
         await runner.cleanup()
     await memo.workers.close()
+    await asyncio.to_thread(memo.usage_store.save, memo.workers.ledger)
 
 
 @kopf.on.event(*DASK_CLUSTERS)
 async def route_cluster(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """The edge's route of the cluster: there from its first sight until it is deleted."""
+    """The edge's route of the cluster, and the cluster as the metrics count it: there from
+    its first sight until it is deleted."""
     memo.routes.observe(body, deleted=event["type"] == "DELETED")
+    memo.clusters_seen.observe(body, deleted=event["type"] == "DELETED")
 
 
 @kopf.on.resume(*DASK_CLUSTERS)
@@ -130,7 +182,8 @@ async def reconcile_cluster(
     settings: Settings = memo.settings
     cluster = dict(body)
     memo.backends_seen.add(cluster["spec"]["backend"])
-    await asyncio.to_thread(reconcile.ensure_objects, memo.kube, settings, cluster)
+    with errors_counted(memo, "reconcile"):
+        await asyncio.to_thread(reconcile.ensure_objects, memo.kube, settings, cluster)
     patch.status["schedulerAddress"] = res.scheduler_address(settings, cluster)
     patch.status["dashboardLink"] = res.dashboard_link(cluster)
     patch.status["observedGeneration"] = meta["generation"]
@@ -153,12 +206,15 @@ async def run_cluster(
         state = controller.state(cluster)
         state.wake.clear()
         status = await asyncio.to_thread(reconcile.scheduler_state, memo.kube, cluster)
+        if status["phase"] != "Running":
+            controller.scheduler_stopped(cluster)
         # Once deleted, the finalizer removes every worker: start none behind its back.
-        if status["phase"] == "Running" and not cluster["metadata"].get("deletionTimestamp"):
+        elif not cluster["metadata"].get("deletionTimestamp"):
             try:
                 status |= await controller.tick(cluster)
             except Exception as error:
                 # A batch system that does not answer must not end the daemon: next tick.
+                memo.metrics.reconcile_error("workers")
                 logger.exception("the workers of %s: %s", res.cluster_key(cluster), error)
                 status["message"] = f"the scheduler runs; the workers could not be managed: {error}"
         try:
@@ -166,6 +222,7 @@ async def run_cluster(
         except Exception as error:
             # (A CRD older than this operator refuses a field, the API server restarts, ...):
             # the daemon goes on, and says why in its log.
+            memo.metrics.reconcile_error("status")
             logger.exception("the status of %s: %s", res.cluster_key(cluster), error)
         interval = (
             settings.worker_interval if status["phase"] == "Running" else settings.status_interval
@@ -183,7 +240,13 @@ async def remove_batch_jobs(
     body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any, **_: Any
 ) -> None:
     """Before the cluster goes: stop its scheduler (no new jobs), then remove its jobs."""
-    cluster = dict(body)
+    with errors_counted(memo, "delete"):
+        await _remove_batch_jobs(dict(body), memo, patch, logger)
+
+
+async def _remove_batch_jobs(
+    cluster: dict[str, Any], memo: kopf.Memo, patch: kopf.Patch, logger: Any
+) -> None:
     patch.status["phase"] = "Ending"
     await asyncio.to_thread(reconcile.stop_scheduler, memo.kube, cluster)
     deadline = asyncio.get_running_loop().time() + STOP_WAIT

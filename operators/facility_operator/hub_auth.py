@@ -27,6 +27,7 @@ HUB_TIMEOUT = aiohttp.ClientTimeout(total=10)
 class User:
     name: str
     groups: frozenset[str]
+    admin: bool = False  # a JupyterHub admin (the hub's model says so to any of their tokens)
 
 
 def token_of(authorization: str | None) -> str:
@@ -84,4 +85,8 @@ class HubAuth:
                 f"this token lacks the scope {self.scope}: use your own server's token "
                 "(JUPYTERHUB_API_TOKEN) or a token of yours with that scope",
             )
-        return User(name=model["name"], groups=frozenset(model.get("groups") or ()))
+        return User(
+            name=model["name"],
+            groups=frozenset(model.get("groups") or ()),
+            admin=model.get("admin") is True,
+        )

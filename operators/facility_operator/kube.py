@@ -38,6 +38,7 @@ class Kube:
         namespace = obj["metadata"]["namespace"]
         creators = {
             "Secret": self.core.create_namespaced_secret,
+            "ConfigMap": self.core.create_namespaced_config_map,
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
@@ -59,6 +60,20 @@ class Kube:
                 return None
             raise
         return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+    def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data; None when there is no such ConfigMap."""
+        try:
+            found = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as error:
+            if _missing(error):
+                return None
+            raise
+        return dict(found.data or {})
+
+    def replace_config_map(self, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], obj)
 
     def pod(self, namespace: str, name: str) -> client.V1Pod | None:
         try:

@@ -31,6 +31,14 @@ class Limit:
     source: str  # where the chart sets it, e.g. operator.quotas.groups.cms.workers
 
 
+class QuotaExceeded(ApiError):
+    """A refusal (403) by one of the user's limits, which it names (the operator counts them)."""
+
+    def __init__(self, limit: Limit, message: str) -> None:
+        super().__init__(403, message, FIELDS[limit.kind])
+        self.limit = limit
+
+
 def limits(quotas: Mapping[str, Any], user: str, groups: Iterable[str]) -> list[Limit]:
     """The user's limits, from the chart's operator.quotas."""
     users = quotas.get("users") or {}
@@ -89,4 +97,4 @@ def check(
                 f"quota exceeded: at most {limit.value} {limit.kind} for {user}"
                 f"{COUNTED[limit.kind]}, and this would make {wanted} ({limit.source})"
             )
-            raise ApiError(403, message, FIELDS[limit.kind])
+            raise QuotaExceeded(limit, message)

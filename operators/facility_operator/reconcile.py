@@ -91,8 +91,8 @@ def remove_jobs(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> int:
 
 
 def sweep(kube: Kube, settings: Settings, backends: Iterable[str]) -> dict[str, int]:
-    """Remove the jobs of this namespace's clusters that no longer exist: {cluster key: jobs}."""
-    removed = {}
+    """Remove the jobs of this namespace's clusters that no longer exist: how many, by backend."""
+    removed: dict[str, int] = {}
     prefix = f"{settings.namespace}/"
     for name in sorted(set(backends)):
         try:
@@ -106,6 +106,7 @@ def sweep(kube: Kube, settings: Settings, backends: Iterable[str]) -> dict[str, 
         live = {res.cluster_key(cluster) for cluster in kube.clusters(settings.namespace)}
         for key in jobs:
             if key.startswith(prefix) and key not in live:
-                removed[key] = backend.remove_all(key)
-                log.info("sweep: removed %d %s jobs of gone %s", removed[key], name, key)
+                count = backend.remove_all(key)
+                removed[name] = removed.get(name, 0) + count
+                log.info("sweep: removed %d %s jobs of gone %s", count, name, key)
     return removed

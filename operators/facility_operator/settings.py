@@ -60,6 +60,7 @@ class Settings:
     sweep_interval: float  # seconds between two sweeps of orphaned batch jobs
     status_interval: float  # seconds between two status updates of a cluster
     api_port: int
+    metrics_port: int  # where the site's scraper reads the operator's /metrics (metrics.py)
     edge_routes_port: int  # where the edge's HTTP provider polls its Dask routes (edge_routes)
     scheduler_resources: Mapping[str, Any]
     worker_interval: float  # seconds between two looks at a cluster's workers
@@ -81,6 +82,11 @@ class Settings:
     def ca_secret(self) -> str:
         """The facility CA's Secret (operators/README.md, TLS)."""
         return f"{self.fullname}-dask-ca"
+
+    @property
+    def usage_config_map(self) -> str:
+        """Where the operator keeps the users' usage (usage.py); the chart's Role names it."""
+        return component_name(self.fullname, "operator-usage")
 
     def backend_config(self, backend: str) -> dict[str, Any]:
         """One backend's values from the chart as the backends read them: keys in snake_case
@@ -132,6 +138,7 @@ class Settings:
             sweep_interval=float(operator["sweepInterval"]),
             status_interval=float(operator["statusInterval"]),
             api_port=int(operator["apiPort"]),
+            metrics_port=int(operator["metricsPort"]),
             edge_routes_port=int(operator["edgeRoutesPort"]),
             scheduler_resources=dict(operator["scheduler"]["resources"]),
             worker_interval=float(operator["workers"]["interval"]),

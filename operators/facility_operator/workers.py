@@ -42,6 +42,7 @@ from facility_operator.backends.base import (
     ACTIVE,
     ENDED,
     PENDING,
+    RUNNING,
     SUCCEEDED,
     Backend,
     ClusterWorkers,
@@ -51,6 +52,7 @@ from facility_operator.backends.base import (
 from facility_operator.kube import Kube
 from facility_operator.scheduler_api import SchedulerAPI
 from facility_operator.settings import Settings
+from facility_operator.usage import UsageLedger, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +242,13 @@ class Usage:
 class WorkerController:
     """The workers of every cluster of the release's namespace."""
 
-    def __init__(self, kube: Kube, settings: Settings, api: client.ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        api: client.ApiClient | None = None,
+        ledger: UsageLedger | None = None,
+    ) -> None:
         self.kube = kube
         self.settings = settings
         self.api = api
@@ -253,6 +261,8 @@ class WorkerController:
         # Clusters whose finalizer runs or ran: no tick starts a worker for them any more.
         self.deleting: set[str] = set()
         self.session: aiohttp.ClientSession | None = None
+        # What the workers used (the operator's is loaded from, and saved to, its ConfigMap).
+        self.ledger = ledger if ledger is not None else UsageLedger(utc_now())
 
     def backend(self, name: str) -> Backend:
         if name not in self.backends:
@@ -287,8 +297,27 @@ class WorkerController:
         self.state(body).wake.set()
 
     def forget(self, body: Mapping[str, Any]) -> None:
+        """The cluster's workers are removed: count their usage up to now, and no further."""
         self.states.pop(res.cluster_key(body), None)
         self.usage.pop(res.cluster_key(body), None)
+        self.ledger.ended(res.cluster_key(body))
+
+    def scheduler_stopped(self, body: Mapping[str, Any]) -> None:
+        """The scheduler does not run: no tick counts the workers, which end on their own
+        (their death timeout). Their usage counts up to now, none of theirs after it."""
+        spec = body["spec"]
+        self.ledger.running(res.cluster_key(body), spec["owner"], res.owner_groups(body), 0, 0)
+
+    def count_usage(
+        self, body: Mapping[str, Any], jobs: list[Job], groups: Mapping[str, WorkerGroup]
+    ) -> None:
+        """Tell the ledger what of the cluster runs now (queued workers hold no cores)."""
+        running = [j for j in jobs if j.state == RUNNING and j.group in groups]
+        cores = sum(groups[j.group].cores for j in running)
+        owner = body["spec"]["owner"]
+        self.ledger.running(
+            res.cluster_key(body), owner, res.owner_groups(body), len(running), cores
+        )
 
     def cluster_workers(
         self, body: Mapping[str, Any], tls: Mapping[str, str], token: str
@@ -377,6 +406,7 @@ class WorkerController:
             if key in self.deleting:
                 return {}
             jobs = await self._jobs(body)
+            self.count_usage(body, jobs, by_name)
             connected = await scheduler.workers()
             names = set(connected or ())
             listed = {j.name: j for j in jobs}

@@ -73,6 +73,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown default backend", {"operator": {"backend": "pbs"}}, "/operator/backend"),
     ("operator API on kopf's health port", {"operator": {"apiPort": 8080}}, "/operator/apiPort"),
     (
+        "operator metrics on kopf's health port",
+        {"operator": {"metricsPort": 8080}},
+        "/operator/metricsPort",
+    ),
+    (
         "unknown HTCondor universe",
         {"operator": {"backends": {"htcondor": {"universe": "grid"}}}},
         "/operator/backends/htcondor/universe",

@@ -48,6 +48,8 @@ RIGHTS = {
         "pods/log": "get",
         "services": "create get list watch",
         "secrets": "create get list update watch",
+        "configmaps": "create",
+        "configmaps name=<fullname>-operator-usage": "get update",
         "networkpolicies.networking.k8s.io": "create",
         "events": "create patch",
         "events.events.k8s.io": "create patch",

@@ -1115,6 +1115,7 @@ def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
     domain = CHART_DEFAULTS_UP["edge"]["dask"]["domain"]
     operator_port = CHART_DEFAULTS["operator"]["apiPort"]
     routes_port = CHART_DEFAULTS["operator"]["edgeRoutesPort"]
+    metrics_port = CHART_DEFAULTS["operator"]["metricsPort"]
     pods = {
         "kubernetes": ["kubernetes.default.svc", 443],
         "alice's scheduler (Dask)": [pod_ip(facility, "dask-scheduler", cluster_id), 8786],
@@ -1124,6 +1125,8 @@ def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
         "the proxy's route API": [pod_ip(facility, "proxy"), 8001],
         "the operator's user API": [pod_ip(facility, "operator"), operator_port],
         "the operator's edge routes": [pod_ip(facility, "operator"), routes_port],
+        # Everybody's usage and user names: the site's scraper's alone.
+        "the operator's metrics": [pod_ip(facility, "operator"), metrics_port],
         # On this machine: the data origin behind XCache (no token asked: only the cache may
         # reach it) and the login provider (the hub's alone).
         "the data origin": [facility.node_ip, facility.port_base + ORIGIN_PORT_OFFSET],
@@ -1164,6 +1167,7 @@ def test_another_user_reaches_nothing_of_alices(facility: Facility) -> None:
                 "the proxy's route API": False,
                 "the operator's user API": True,  # the user API; the token decides (above)
                 "the operator's edge routes": False,
+                "the operator's metrics": False,
                 "the data origin": False,
                 "the login provider": False,
             }, seen["reach"]

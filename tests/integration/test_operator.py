@@ -22,6 +22,7 @@ from cryptography import x509
 from distributed import LocalCluster
 from facility_operator.names import new_cluster_id, user_slug
 from kubernetes import client, config, watch
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.chart import merge_values
 from harness.commands import helm, kubectl
@@ -559,3 +560,38 @@ def test_the_charts_role_is_enough_for_the_sweep(
         "the sweep to remove the worker of a cluster that does not exist",
         timeout=15,
     )
+
+
+def scraped(operator: Operator) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The operator's /metrics as Prometheus reads them: {(sample, sorted labels): value}."""
+    text = requests.get(operator.metrics_url, timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_and_usage_outlive_a_restart_under_the_charts_role(
+    operator_with_role: Operator, namespace: str
+) -> None:
+    """/metrics counts the cluster and its worker pods (kwok runs them: they count as running,
+    never connected); their usage is kept in the operator's ConfigMap, which the chart's Role
+    lets it write, when it stops, and counted on from there after its restart."""
+    dask_cluster(namespace, minWorkers=2, maxWorkers=2)
+    alice = ("user", "alice")
+    usage = ("facility_usage_worker_seconds_total", (("group", ""), alice))
+    wait_for(lambda: len(worker_pods(namespace)) == 2, "2 worker pods")
+    wait_for(lambda: scraped(operator_with_role).get(usage, 0) > 4, "4 worker-seconds of alice")
+    now = scraped(operator_with_role)
+    assert now[("facility_dask_clusters", (("phase", "Running"), alice))] == 1
+    starting = ("facility_dask_workers", (("backend", "kubernetes"), ("state", "starting")))
+    assert now[starting] == 2
+    operator_with_role.stop()
+    kept = get(namespace, "configmap", f"{FULLNAME}-operator-usage")
+    assert kept is not None
+    saved = json.loads(kept["data"]["usage.json"])["users"]["alice"]
+    assert saved["workerSeconds"] >= now[usage]
+    assert saved["coreSeconds"] == saved["workerSeconds"]  # the default worker has one core
+    operator_with_role.start()
+    assert scraped(operator_with_role)[usage] >= saved["workerSeconds"]

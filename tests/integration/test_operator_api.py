@@ -24,6 +24,7 @@ from facility_operator.api import make_app
 from facility_operator.settings import Settings
 from kubernetes import config as kube_config
 
+from harness.chart import merge_values
 from harness.commands import kubectl
 from harness.hub import Hub, run_hub
 from harness.net import free_port, serve_app
@@ -37,6 +38,7 @@ from harness.operator_stack import (
 )
 from harness.paths import CHART, KUBECONFIG
 from harness.wait import wait_for
+from hub_config import services
 
 pytestmark = pytest.mark.cluster
 
@@ -45,11 +47,13 @@ QUOTAS = {
     "users": {},
     "groups": {"power": {"clusters": 3}},
 }
+HUB_ADMIN = "dora"  # auth.adminUsers: the hub makes her an admin when it starts
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    with run_hub(tmp_path_factory.mktemp("hub"), hub_values(), free_port()) as running:
+    values = merge_values(hub_values(), {"auth": {"adminUsers": [HUB_ADMIN]}})
+    with run_hub(tmp_path_factory.mktemp("hub"), values, free_port()) as running:
         yield running
 
 
@@ -332,3 +336,24 @@ def test_a_hub_that_does_not_answer_is_named(cluster: Path) -> None:
     with run_api(nowhere, "default") as url:
         message = refused(Caller(url, "some-token")("GET", "/clusters"), 503)
     assert message.startswith("cannot ask the hub who this token is")
+
+
+def test_usage_is_for_the_hubs_admins_alone(hub: Hub, api: str, tokens: dict[str, str]) -> None:
+    """Everybody's usage is the site's, not a user's: her own token, with every scope her
+    notebook's has, is refused GET /usage (403, saying an admin is needed), however she asks;
+    the hub's service token is no user's; an admin's token of the same scopes is answered."""
+    alice = Caller(api, tokens["alice"])
+    for path in ("/usage", "/usage?user=alice", "/services/dask/usage?user=bob"):
+        message = refused(alice("GET", path), 403)
+        assert (
+            message == "the usage of the facility is for the hub's admins only, and alice is none"
+        )
+    service = Caller(api, ADMIN_TOKEN)
+    assert refused(service("GET", "/usage"), 403) == "only a user's token may hold Dask clusters"
+    scopes = ["users:activity!user", *services.USER_SERVICE_SCOPES]
+    made = hub_api(hub, "POST", f"/users/{HUB_ADMIN}/tokens", {"expires_in": 600, "scopes": scopes})
+    answer = Caller(api, made["token"])("GET", "/usage?user=alice")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body) == {"since", "until", "users", "groups"}
+    assert set(body["users"]) <= {"alice"}
