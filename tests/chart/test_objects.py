@@ -133,19 +133,22 @@ def test_hub_receives_the_values_whole() -> None:
 
 def test_the_operators_service_follows_its_ports() -> None:
     """The notebooks' FACILITY_OPERATOR_URL names operator.apiPort, the edge's HTTP provider
-    operator.edgeRoutesPort: the Service listens on both, and forwards to the container's port
-    of that name; the edge polls that port, and its policy and the operator's admit it."""
-    chosen = ["--set", "operator.apiPort=9100", "--set", "operator.edgeRoutesPort=9102"]
+    operator.edgeRoutesPort: the Service listens on both (and on operator.metricsPort), and
+    forwards to the container's port of that name; the edge polls that port, and its policy and
+    the operator's admit it."""
+    chosen = ["--set", "operator.apiPort=9100", "--set", "operator.edgeRoutesPort=9102",
+              "--set", "operator.metricsPort=9103"]  # fmt: skip
     objs = objects(render(VALUES_DIR / "defaults.yaml", "facility", *chosen))
     by_name = {(o["kind"], o["metadata"]["name"].removeprefix("af-facility-")): o for o in objs}
     service = by_name["Service", "operator"]
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
-        (9100, "http"), (9102, "edge-routes"),
+        (9100, "http"), (9102, "edge-routes"), (9103, "metrics"),
     ]  # fmt: skip
     operator = by_name["Deployment", "operator"]
     ports = operator["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert {"name": "http", "containerPort": 9100} in ports
     assert {"name": "edge-routes", "containerPort": 9102} in ports
+    assert {"name": "metrics", "containerPort": 9103} in ports
     edge = by_name["Deployment", "edge"]["spec"]["template"]["spec"]["containers"][0]["args"]
     endpoint = "http://af-facility-operator.facility:9102/routes"
     assert f"--providers.http.endpoint={endpoint}" in edge
