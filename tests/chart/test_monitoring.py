@@ -38,6 +38,7 @@ SCRAPER = {
 }
 WITH_SCRAPER = ["--set-json", f"metrics.scraper={json.dumps(SCRAPER)}"]
 WITH_MONITORS = ["--set", "metrics.serviceMonitors.enabled=true"]
+TOKEN = ["--set", "metrics.hub.tokenSecret=prom-token"]
 
 
 def rendered(*extra: str, values: Path = VALUES_DIR / "defaults.yaml") -> list[dict[str, Any]]:
@@ -148,6 +149,27 @@ def test_the_monitors_carry_the_sites_labels_and_interval() -> None:
         assert monitor["metadata"]["labels"]["app.kubernetes.io/instance"] == "af"
         (endpoint,) = monitor["spec"].get("endpoints") or monitor["spec"]["podMetricsEndpoints"]
         assert endpoint["interval"] == "30s"
+
+
+def test_the_hubs_monitor_sends_the_token_of_metrics_hub_token_secret() -> None:
+    """JupyterHub asks for a token at /hub/metrics: the monitor presents the Secret's, which the
+    hub's container reads too (hub_config.services.metrics makes it the scraper's token)."""
+    objs = rendered(*WITH_MONITORS, "--set", "metrics.hub.tokenSecret=prom-token")
+    for monitor in of_kind(objs, *MONITOR_KINDS):
+        (endpoint,) = monitor["spec"].get("endpoints") or monitor["spec"]["podMetricsEndpoints"]
+        expected = (
+            {"type": "Bearer", "credentials": {"name": "prom-token", "key": "token"}}
+            if component(monitor) == "hub"
+            else None
+        )
+        assert endpoint.get("authorization") == expected, component(monitor)
+    (hub,) = [d for d in of_kind(objs, "Deployment") if component(d) == "hub"]
+    env = {e["name"]: e for e in hub["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FACILITY_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "prom-token", "key": "token",
+    }  # fmt: skip
+    (plain,) = [d for d in of_kind(rendered(), "Deployment") if component(d) == "hub"]
+    assert "FACILITY_METRICS_TOKEN" not in str(plain)
 
 
 def test_without_the_operator_no_operator_or_scheduler_monitor() -> None:
@@ -309,7 +331,7 @@ def test_the_monitors_are_valid_against_the_real_crds(
     extra = ["--set", "metrics.serviceMonitors.interval=30s",
              "--set", "metrics.serviceMonitors.labels.release=kube-prometheus-stack"]  # fmt: skip
     for values in (VALUES_DIR / "defaults.yaml", VALUES_DIR / "everything.yaml"):
-        objs = objects(render(values, namespace, *WITH_MONITORS, *extra))
+        objs = objects(render(values, namespace, *WITH_MONITORS, *extra, *TOKEN))
         monitors = of_kind(objs, *MONITOR_KINDS)
         assert len(monitors) == 4, values.name
         done = dry_run(monitors, namespace)

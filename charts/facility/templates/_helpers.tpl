@@ -218,7 +218,7 @@ the proxy (/services/dask/) and the hub (its service check); only when operator.
 
 {{/*
 The Prometheus endpoint of each component that has one, as YAML, {component: {port, number,
-path, service}}: port is the container port's name (which the NetworkPolicy admits and, on the
+path, service, tokenSecret}}: port is the container port's name (which the NetworkPolicy admits and, on the
 Service, the monitor names), number its number (the scrape annotations give numbers), path the
 HTTP path, and service the component of the Service in front of it; without service, a PodMonitor
 selects the component's pods. The one list that the NetworkPolicies (facility.ingressScraper),
@@ -226,8 +226,10 @@ the Services (facility.scrapeAnnotations) and templates/metrics/monitors.yaml re
 that gains metrics gets its entry here, and nothing else changes.
 */}}
 {{- define "facility.metricsEndpoints" -}}
-# JupyterHub's own metrics, on the hub's port.
-hub: {port: http, number: {{ .Values.hub.port }}, path: /hub/metrics, service: hub}
+# JupyterHub's own metrics, on the hub's port; tokenSecret: the Secret whose key "token" the
+# scraper presents there (JupyterHub asks for one).
+hub: {port: http, number: {{ .Values.hub.port }}, path: /hub/metrics, service: hub
+  {{- with .Values.metrics.hub.tokenSecret }}, tokenSecret: {{ . | quote }}{{ end }}}
 # Traefik's, on an entrypoint of their own, behind a Service of their own: the edge's own
 # Service is the public entrypoint.
 edge: {port: metrics, number: {{ .Values.edge.containerPorts.metrics }}, path: /metrics, service: edge-metrics}
