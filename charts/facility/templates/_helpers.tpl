@@ -218,16 +218,16 @@ the proxy (/services/dask/) and the hub (its service check); only when operator.
 
 {{/*
 The Prometheus endpoint of each component that has one, as YAML, {component: {port, number,
-path, service, tokenSecret}}: port is the container port's name (which the NetworkPolicy admits and, on the
-Service, the monitor names), number its number (the scrape annotations give numbers), path the
-HTTP path, and service the component of the Service in front of it; without service, a PodMonitor
-selects the component's pods. The one list that the NetworkPolicies (facility.ingressScraper),
-the Services (facility.scrapeAnnotations) and templates/metrics/monitors.yaml read: a component
-that gains metrics gets its entry here, and nothing else changes.
+path, service, tokenSecret}}: port is the container port's name (which the NetworkPolicy admits
+and, on the Service, the monitor names), number its number (the scrape annotations give
+numbers), path the HTTP path, service the component of the Service in front of it (without it,
+a PodMonitor selects the component's pods), tokenSecret a Secret whose key "token" the scraper
+presents. The one list that the NetworkPolicies (facility.ingressScraper), the Services
+(facility.scrapeAnnotations) and templates/metrics/monitors.yaml read: a component that gains
+metrics gets its entry here, and nothing else changes.
 */}}
 {{- define "facility.metricsEndpoints" -}}
-# JupyterHub's own metrics, on the hub's port; tokenSecret: the Secret whose key "token" the
-# scraper presents there (JupyterHub asks for one).
+# JupyterHub's own metrics, on the hub's port, where JupyterHub asks for a token.
 hub: {port: http, number: {{ .Values.hub.port }}, path: /hub/metrics, service: hub
   {{- with .Values.metrics.hub.tokenSecret }}, tokenSecret: {{ . | quote }}{{ end }}}
 # Traefik's, on an entrypoint of their own, behind a Service of their own: the edge's own
@@ -240,7 +240,7 @@ operator: {port: metrics, number: {{ .Values.operator.metricsPort }}, path: /met
 dask-scheduler: {port: dashboard, path: /metrics}
 {{- end }}
 # XCache: none yet; its exporter sidecar adds its entry here (the cache's NetworkPolicy already
-# asks for it).
+# asks for it). The proxy: none (configurable-http-proxy's own metrics are not switched on).
 {{- end -}}
 
 {{/*
