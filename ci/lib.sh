@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # What the ci/ scripts share: logging, dying with a message, one run at a time (a lock), waiting
-# with a deadline, and stopping a process of their own. Sourced, never run:
+# with a deadline, stopping a process of their own, and a Go module's files. Sourced, never run:
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
@@ -67,4 +67,11 @@ stop_pid() {
   log "$name: still running ${2}s after SIGTERM, killing pid $pid"
   kill -KILL "$pid" 2>/dev/null || true
   wait_until 10 0.1 gone "$pid"
+}
+
+# go_module_dir MODULE@VERSION: the module's folder in the Go module cache ($GOMODCACHE), which Go
+# downloads from its proxy and checks against its checksum database if it is not there yet. Run in
+# a Go module's folder, Go also checks it against that module's go.sum.
+go_module_dir() {
+  go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
 }

@@ -94,14 +94,25 @@ def write_edge_files(folder: Path, files: dict[str, str], hub: str) -> None:
 
 
 def local_edge_args(
-    chart_args: list[str], port: int, api_port: int, files: Path, routes_url: str | None = None
+    chart_args: list[str],
+    port: int,
+    api_port: int,
+    files: Path,
+    routes_url: str | None = None,
+    metrics_port: int | None = None,
 ) -> list[str]:
-    """The chart's arguments for a process on loopback: the public entrypoint and Traefik's own
-    (ping, and the API that shows the loaded routers) on free loopback ports, its files from
-    `files`, the operator's routes from `routes_url` (None: no HTTP provider; the test writes
-    the Dask routes into `files`), and without the plain-HTTP redirect, which is not under test.
+    """The chart's arguments for a process on loopback: the public entrypoint, Traefik's own
+    (ping, and the API that shows the loaded routers) and the metrics' on free loopback ports
+    (metrics_port, or one of its own), its files from `files`, the operator's routes from
+    `routes_url` (None: no HTTP provider; the test writes the Dask routes into `files`), and
+    without the plain-HTTP redirect, which is not under test.
     """
-    address = {ENTRYPOINT: f"{LOOPBACK}:{port}", "traefik": f"{LOOPBACK}:{api_port}"}
+    address = {
+        ENTRYPOINT: f"{LOOPBACK}:{port}",
+        "traefik": f"{LOOPBACK}:{api_port}",
+        # Never the chart's port on every interface: two edges at once would collide.
+        "metrics": f"{LOOPBACK}:{metrics_port or free_port()}",
+    }
     args = []
     for arg in chart_args:
         option, _, _ = arg.partition("=")
@@ -160,6 +171,7 @@ class Edge:
     port: int
     api_port: int
     log: Path
+    metrics_port: int
 
     @property
     def address(self) -> str:
@@ -174,15 +186,15 @@ def running_edge(workdir: Path, port: int, schedulers: dict[str, str], hub: str)
     folder = workdir / "edge"
     write_edge_files(folder, files, hub)
     (folder / "dask.yaml").write_text(yaml.safe_dump(routes_config(schedulers)))
-    api_port = free_port()
+    api_port, metrics_port = free_port(), free_port()
     log = workdir / "traefik.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [tool("traefik"), *local_edge_args(args, port, api_port, folder)],
+            [tool("traefik"), *local_edge_args(args, port, api_port, folder, None, metrics_port)],
             stdout=out,
             stderr=out,
         )
-    edge = Edge(process, port, api_port, log)
+    edge = Edge(process, port, api_port, log, metrics_port)
     try:
         wait_for(
             lambda: (

@@ -53,7 +53,8 @@ def configure(c: Config, facility: Facility) -> None:
     all_roles = list(c.JupyterHub.get("load_roles", []))
     for more_services, more_roles in (services.idle_culler(facility),
                                       services.tokens(facility, hub_host),
-                                      services.dask(facility)):  # fmt: skip
+                                      services.dask(facility),
+                                      services.metrics(facility)):  # fmt: skip
         all_services += more_services
         all_roles += more_roles
     c.JupyterHub.services = all_services

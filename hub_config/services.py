@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from hub_config import token_service
-from hub_config.facility import Facility
+from hub_config.facility import ConfigError, Facility
 
 Services = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
@@ -63,6 +65,32 @@ def tokens(facility: Facility, hub_host: str) -> Services:
         "display": False,
     }
     role = {"name": "tokens", "scopes": token_service.SCOPES, "services": [TOKENS_SERVICE]}
+    return [service], [role]
+
+
+# The site's Prometheus, as a service whose token reads the hub's /hub/metrics and nothing else
+# (JupyterHub asks for a token there: authenticate_prometheus). The chart's hub Deployment puts
+# the token of metrics.hub.tokenSecret in METRICS_TOKEN_ENV.
+METRICS_SERVICE = "metrics"
+METRICS_SCOPES = ["read:metrics"]
+METRICS_TOKEN_ENV = "FACILITY_METRICS_TOKEN"
+
+
+def metrics(facility: Facility, environ: Mapping[str, str] = os.environ) -> Services:
+    """The scraper's service and role, or nothing when metrics.hub.tokenSecret is empty (then a
+    scrape without a token is refused; letting it through would make /hub/metrics public, as
+    the proxy routes /hub/ from the edge)."""
+    secret = facility.values["metrics"]["hub"]["tokenSecret"]
+    if not secret:
+        return [], []
+    token = environ.get(METRICS_TOKEN_ENV, "")
+    if len(token) < 8:  # JupyterHub's own minimum for a service's token
+        raise ConfigError(
+            f"metrics.hub.tokenSecret: the key 'token' of Secret {secret!r} must hold the "
+            f"scraper's API token, 8 characters or more (the hub reads it as ${METRICS_TOKEN_ENV})"
+        )
+    service = {"name": METRICS_SERVICE, "api_token": token, "display": False}
+    role = {"name": METRICS_SERVICE, "scopes": METRICS_SCOPES, "services": [METRICS_SERVICE]}
     return [service], [role]
 
 

@@ -16,11 +16,12 @@ from hub_config.facility import ConfigError
 def test_hub_configures_from_the_rendered_values(
     values: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # What the hub Deployment's environment holds: the auth_state key, and the OAuth client
-    # when the values name an existing Secret for it.
+    # What the hub Deployment's environment holds: the auth_state key, the OAuth client when the
+    # values name an existing Secret for it, and the scraper's token (metrics.hub.tokenSecret).
     monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "00" * 32)
     monkeypatch.setenv("FACILITY_OAUTH_CLIENT_ID", "from-secret")
     monkeypatch.setenv("FACILITY_OAUTH_CLIENT_SECRET", "from-secret")
+    monkeypatch.setenv("FACILITY_METRICS_TOKEN", "from-secret-scraper")
     facility = handed_over(values)
     c = Config()
     if values.stem == "defaults":

@@ -44,7 +44,7 @@ from harness.dask_edge import (
     running_worker,
     worker_name,
 )
-from harness.net import free_port
+from harness.net import free_port, http_get
 from harness.wait import wait_for
 
 HUB_BODY = "the hub's stand-in"
@@ -110,9 +110,9 @@ def facility(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Facility]:
         yield Facility(edge, clusters, logs, workdir)
 
 
-def tls_get(port: int, sni: str | None) -> tuple[str, str]:
-    """GET / over TLS to the edge, sending `sni` (or none) and verifying nothing; returns the
-    common name of the certificate the edge answered with, and the response."""
+def tls_get(port: int, sni: str | None, path: str = "/") -> tuple[str, str]:
+    """GET `path` over TLS to the edge, sending `sni` (or none) and verifying nothing; returns
+    the common name of the certificate the edge answered with, and the response."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the edge's own default certificate: this check only
@@ -120,7 +120,8 @@ def tls_get(port: int, sni: str | None) -> tuple[str, str]:
         socket.create_connection((LOOPBACK, port), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname=sni) as tls,
     ):
-        tls.sendall(b"GET / HTTP/1.1\r\nHost: af.example.org\r\nConnection: close\r\n\r\n")
+        request = f"GET {path} HTTP/1.1\r\nHost: af.example.org\r\nConnection: close\r\n\r\n"
+        tls.sendall(request.encode())
         response = b"".join(iter(lambda: tls.recv(65536), b"")).decode()
         der = tls.getpeercert(binary_form=True)
     assert der is not None
@@ -203,6 +204,23 @@ def test_hub_https_still_answers_on_the_same_port(facility):
     assert common_name == "TRAEFIK DEFAULT CERT"  # no certificate configured: the chart's default
     assert response.startswith("HTTP/1.1 200")
     assert response.endswith(HUB_BODY)
+
+
+def test_the_edge_counts_the_hubs_router_on_its_own_metrics_port(facility):
+    """Traefik's Prometheus metrics as the chart configures them: on the metrics entrypoint
+    alone, per router (the hub's) besides per entrypoint and service; the public entrypoint
+    has no /metrics of its own (the path goes to the hub like any other)."""
+    _, response = tls_get(facility.edge.port, "af.example.org")
+    assert response.startswith("HTTP/1.1 200")
+    answer = http_get(f"http://{LOOPBACK}:{facility.edge.metrics_port}/metrics")
+    assert answer is not None
+    status, text = answer
+    assert status == 200
+    routers = [line for line in text.splitlines() if line.startswith("traefik_router_requests")]
+    assert any('router="hub@file"' in line and 'code="200"' in line for line in routers), routers
+    assert 'traefik_entrypoint_requests_total{code="200",entrypoint="websecure"' in text
+    _, public = tls_get(facility.edge.port, "af.example.org", "/metrics")
+    assert public.endswith(HUB_BODY)
 
 
 @contextlib.contextmanager

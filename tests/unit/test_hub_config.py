@@ -345,6 +345,27 @@ def test_site_services_are_kept() -> None:
     assert names == ["monitor", "idle-culler", "tokens", "dask"]
 
 
+def test_the_scraper_reads_the_hubs_metrics_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """metrics.hub.tokenSecret: the site's Prometheus is a service whose token (from the chart's
+    FACILITY_METRICS_TOKEN) has read:metrics and nothing else; without it, no such service, and
+    JupyterHub keeps asking for a token at /hub/metrics (which the edge would otherwise serve)."""
+    assert "metrics" not in [s["name"] for s in build({"devMode": True}).JupyterHub.services]
+    assert build({"devMode": True}).JupyterHub.get("authenticate_prometheus", True) is True
+    with_secret = {"devMode": True, "metrics": {"hub": {"tokenSecret": "prom-token"}}}
+    with pytest.raises(ConfigError, match=r"metrics\.hub\.tokenSecret: .* Secret 'prom-token'"):
+        build(with_secret)
+    monkeypatch.setenv("FACILITY_METRICS_TOKEN", "t" * 32)
+    c = build(with_secret)
+    (service,) = [s for s in c.JupyterHub.services if s["name"] == "metrics"]
+    assert service["api_token"] == "t" * 32
+    # The scraper runs elsewhere: the hub neither starts nor routes to it.
+    assert "url" not in service
+    assert "command" not in service
+    (role,) = [r for r in c.JupyterHub.load_roles if "metrics" in r.get("services", [])]
+    assert role["scopes"] == ["read:metrics"]
+    assert "read:metrics" in scope_definitions
+
+
 def test_dask_service_is_the_operator() -> None:
     c = build({"devMode": True})
     (service,) = [s for s in c.JupyterHub.services if s["name"] == "dask"]

@@ -77,11 +77,13 @@ the component whose pods it reaches, when that is not "component".
 {{- define "facility.service" -}}
 {{- $svc := .service | default dict -}}
 {{- $type := $svc.type | default "ClusterIP" -}}
+{{- /* The site's own annotations win over the scrape annotations. */ -}}
+{{- $annotations := merge (dict) ($svc.annotations | default dict) (include "facility.scrapeAnnotations" . | fromYaml) -}}
 apiVersion: v1
 kind: Service
 metadata:
   {{- include "facility.metadata" . | nindent 2 }}
-  {{- with $svc.annotations }}
+  {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -212,4 +214,70 @@ the proxy (/services/dask/) and the hub (its service check); only when operator.
 {{/* Where the edge's files are (its ConfigMap and certificate), which its file provider reads. */}}
 {{- define "facility.edgeFilesDir" -}}
 /etc/facility/edge
+{{- end -}}
+
+{{/*
+The Prometheus endpoint of each component that has one, as YAML, {component: {port, number,
+path, service, tokenSecret}}: port is the container port's name (which the NetworkPolicy admits
+and, on the Service, the monitor names), number its number (the scrape annotations give
+numbers), path the HTTP path, service the component of the Service in front of it (without it,
+a PodMonitor selects the component's pods), tokenSecret a Secret whose key "token" the scraper
+presents. The one list that the NetworkPolicies (facility.ingressScraper), the Services
+(facility.scrapeAnnotations) and templates/metrics/monitors.yaml read: a component that gains
+metrics gets its entry here, and nothing else changes.
+*/}}
+{{- define "facility.metricsEndpoints" -}}
+# JupyterHub's own metrics, on the hub's port, where JupyterHub asks for a token.
+hub: {port: http, number: {{ .Values.hub.port }}, path: /hub/metrics, service: hub
+  {{- with .Values.metrics.hub.tokenSecret }}, tokenSecret: {{ . | quote }}{{ end }}}
+# Traefik's, on an entrypoint of their own, behind a Service of their own: the edge's own
+# Service is the public entrypoint.
+edge: {port: metrics, number: {{ .Values.edge.containerPorts.metrics }}, path: /metrics, service: edge-metrics}
+{{- if .Values.operator.enabled }}
+operator: {port: metrics, number: {{ .Values.operator.metricsPort }}, path: /metrics, service: operator}
+# Dask's own metrics on the dashboard port (plain HTTP) of the scheduler pods the operator makes
+# (facility_operator.resources), by its name there: no Service of the chart's is in front of them.
+dask-scheduler: {port: dashboard, path: /metrics}
+{{- end }}
+# XCache: none yet; its exporter sidecar adds its entry here (the cache's NetworkPolicy already
+# asks for it). The proxy: none (configurable-http-proxy's own metrics are not switched on).
+{{- end -}}
+
+{{/*
+NetworkPolicy ingress rule: the site's Prometheus (metrics.scraper) on the component's metrics
+port, and nothing else; (dict "root" $ "component" "hub"). Nothing when no scraper is named or
+the component has no metrics endpoint (facility.metricsEndpoints).
+*/}}
+{{- define "facility.ingressScraper" -}}
+{{- $scraper := .root.Values.metrics.scraper -}}
+{{- $endpoint := get (include "facility.metricsEndpoints" .root | fromYaml) .component -}}
+{{- if and $endpoint (or $scraper.namespaceSelector $scraper.podSelector) -}}
+{{- /* One peer with both selectors: pods of those labels in namespaces of those labels. */ -}}
+{{- $peer := dict -}}
+{{- with $scraper.namespaceSelector }}{{ $_ := set $peer "namespaceSelector" . }}{{ end -}}
+{{- with $scraper.podSelector }}{{ $_ := set $peer "podSelector" . }}{{ end -}}
+# The site's Prometheus (metrics.scraper): the metrics port alone.
+- from:
+    {{- toYaml (list $peer) | nindent 4 }}
+  ports:
+    - port: {{ $endpoint.port }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The conventional scrape annotations (prometheus.io/scrape, port, path) of a Service, (dict "root"
+$ "component" "hub"): for the Service in front of a metrics endpoint, unless the monitors
+(metrics.serviceMonitors) are made instead, which a Prometheus that also honours the
+annotations would duplicate.
+*/}}
+{{- define "facility.scrapeAnnotations" -}}
+{{- if not .root.Values.metrics.serviceMonitors.enabled -}}
+{{- range $component, $endpoint := include "facility.metricsEndpoints" .root | fromYaml -}}
+{{- if eq ($endpoint.service | default "") $.component }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ $endpoint.number | quote }}
+prometheus.io/path: {{ $endpoint.path }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
