@@ -19,8 +19,9 @@ from facility_operator import reconcile
 from facility_operator import resources as res
 from facility_operator.edge_routes import EdgeRoutes
 from facility_operator.kube import Kube
+from facility_operator.logs import Trouble
 from facility_operator.settings import Settings
-from facility_operator.workers import WorkerController
+from facility_operator.workers import WorkerController, worker_groups
 
 DASK_CLUSTERS = (res.GROUP, res.VERSION, res.PLURAL)
 FINALIZER = f"{res.GROUP}/batch-jobs"
@@ -55,20 +56,25 @@ def _api_app(settings: Settings, controller: WorkerController) -> web.Applicatio
 
 async def _sweep_forever(memo: kopf.Memo) -> None:
     settings: Settings = memo.settings
+    # An API server or batch system that stays down is said once, not at every sweep.
+    sweeping = Trouble(log, f"the sweep (every {settings.sweep_interval:g} s)")
+    listing = Trouble(log, "listing the edge's routes (with every sweep)")
     while True:
         # Backends in use, and the default: a gone cluster's jobs are on one of these.
         backends = {settings.default_backend, *memo.backends_seen}
         try:
             await asyncio.to_thread(reconcile.sweep, memo.kube, settings, backends)
-        except Exception:
+            sweeping.ok()
+        except Exception as error:
             # An API server hiccup must not end the sweeping for the operator's lifetime.
-            log.exception("sweep failed; next try in %s s", settings.sweep_interval)
+            sweeping.failed(error)
         try:
             mark = memo.routes.mark()
             listed = await asyncio.to_thread(memo.kube.clusters, settings.namespace)
             memo.routes.replace(listed, mark)
-        except Exception:
-            log.exception("the edge's routes could not be listed; next try with the next sweep")
+            listing.ok()
+        except Exception as error:
+            listing.failed(error)
         await asyncio.sleep(settings.sweep_interval)
 
 
@@ -116,6 +122,32 @@ async def route_cluster(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     memo.routes.observe(body, deleted=event["type"] == "DELETED")
 
 
+def sizes(spec: dict[str, Any]) -> str:
+    """The cluster's worker groups and their ranges, as the log says them."""
+    return ", ".join(f"{g.name} {g.minimum}-{g.maximum}" for g in worker_groups(spec, ""))
+
+
+def spec_event(reason: kopf.Reason, cluster: dict[str, Any]) -> str:
+    """The log's line for a cluster seen for the first time, changed (scaled: users change
+    nothing else), or seen again after the operator's restart."""
+    spec = cluster["spec"]
+    if reason == kopf.Reason.CREATE:
+        return f"created for {spec['owner']} on {spec['backend']}; workers {sizes(spec)}"
+    if reason == kopf.Reason.UPDATE:
+        return f"scaled: workers {sizes(spec)}"
+    phase = (cluster.get("status") or {}).get("phase", "Pending")
+    return f"resumed ({phase}); workers {sizes(spec)}"
+
+
+def phase_event(before: str | None, status: dict[str, Any]) -> str | None:
+    """The log's line when the cluster's phase changes (None when it does not): its first
+    Pending is the creation's, which is logged already."""
+    phase = status["phase"]
+    if phase == before or (before is None and phase == "Pending"):
+        return None
+    return f"{before or 'new'} -> {phase}: {status.get('message', '')}"
+
+
 @kopf.on.resume(*DASK_CLUSTERS)
 @kopf.on.create(*DASK_CLUSTERS)
 @kopf.on.update(*DASK_CLUSTERS, field="spec")
@@ -125,12 +157,14 @@ async def reconcile_cluster(
     status: kopf.Status,
     memo: kopf.Memo,
     patch: kopf.Patch,
+    reason: kopf.Reason,
     **_: Any,
 ) -> None:
     settings: Settings = memo.settings
     cluster = dict(body)
     memo.backends_seen.add(cluster["spec"]["backend"])
     await asyncio.to_thread(reconcile.ensure_objects, memo.kube, settings, cluster)
+    log.info("%s: %s", res.cluster_key(cluster), spec_event(reason, cluster))
     patch.status["schedulerAddress"] = res.scheduler_address(settings, cluster)
     patch.status["dashboardLink"] = res.dashboard_link(cluster)
     patch.status["observedGeneration"] = meta["generation"]
@@ -140,33 +174,40 @@ async def reconcile_cluster(
 
 
 @kopf.daemon(*DASK_CLUSTERS, cancellation_timeout=10)
-async def run_cluster(
-    body: kopf.Body, memo: kopf.Memo, stopped: Any, logger: Any, **_: Any
-) -> None:
+async def run_cluster(body: kopf.Body, memo: kopf.Memo, stopped: Any, **_: Any) -> None:
     """The cluster's phase from its scheduler pod, and its workers while the scheduler runs:
     every operator.workers.interval, and at once when the spec changes. Ends the cluster when
     its scheduler has ended."""
     settings: Settings = memo.settings
     controller: WorkerController = memo.workers
+    key = res.cluster_key(body)
+    # A batch system or API server that stays down fails every loop: said once, not each time.
+    managing = Trouble(log, f"{key}: managing the workers")
+    patching = Trouble(log, f"{key}: writing the status")
     while not stopped:
         cluster = dict(body)  # kopf keeps `body` current: this is the latest object
         state = controller.state(cluster)
         state.wake.clear()
         status = await asyncio.to_thread(reconcile.scheduler_state, memo.kube, cluster)
+        event = phase_event((cluster.get("status") or {}).get("phase"), status)
+        if event:
+            log.info("%s: %s", key, event)
         # Once deleted, the finalizer removes every worker: start none behind its back.
         if status["phase"] == "Running" and not cluster["metadata"].get("deletionTimestamp"):
             try:
                 status |= await controller.tick(cluster)
+                managing.ok()
             except Exception as error:
                 # A batch system that does not answer must not end the daemon: next tick.
-                logger.exception("the workers of %s: %s", res.cluster_key(cluster), error)
+                managing.failed(error)
                 status["message"] = f"the scheduler runs; the workers could not be managed: {error}"
         try:
             await asyncio.to_thread(reconcile.patch_status, memo.kube, cluster, status)
+            patching.ok()
         except Exception as error:
             # (A CRD older than this operator refuses a field, the API server restarts, ...):
             # the daemon goes on, and says why in its log.
-            logger.exception("the status of %s: %s", res.cluster_key(cluster), error)
+            patching.failed(error)
         interval = (
             settings.worker_interval if status["phase"] == "Running" else settings.status_interval
         )
@@ -179,9 +220,7 @@ async def run_cluster(
 
 
 @kopf.on.delete(*DASK_CLUSTERS)
-async def remove_batch_jobs(
-    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any, **_: Any
-) -> None:
+async def remove_batch_jobs(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
     """Before the cluster goes: stop its scheduler (no new jobs), then remove its jobs."""
     cluster = dict(body)
     patch.status["phase"] = "Ending"
@@ -197,4 +236,6 @@ async def remove_batch_jobs(
     async with controller.owner_locks[cluster["spec"]["owner"]]:
         removed = await asyncio.to_thread(reconcile.remove_jobs, memo.kube, memo.settings, cluster)
     controller.forget(cluster)
-    logger.info(f"removed {removed} workers of {res.cluster_key(cluster)}")
+    log.info(
+        "%s: ended; its scheduler stopped, %d workers removed", res.cluster_key(cluster), removed
+    )
