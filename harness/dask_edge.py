@@ -94,17 +94,29 @@ def write_edge_files(folder: Path, files: dict[str, str], hub: str) -> None:
 
 
 def local_edge_args(
-    chart_args: list[str], port: int, api_port: int, files: Path, routes_url: str | None = None
+    chart_args: list[str],
+    port: int,
+    api_port: int,
+    files: Path,
+    routes_url: str | None = None,
+    *,
+    route_files: bool | None = None,
 ) -> list[str]:
     """The chart's arguments for a process on loopback: the public entrypoint and Traefik's own
     (ping, and the API that shows the loaded routers) on free loopback ports, its files from
-    `files`, the operator's routes from `routes_url` (None: no HTTP provider; the test writes
-    the Dask routes into `files`), and without the plain-HTTP redirect, which is not under test.
+    `files`, the operator's routes from `routes_url` (None: no HTTP provider), and without the
+    plain-HTTP redirect, which is not under test.
+
+    route_files (by default: when there is no routes_url): the test writes the Dask routes as
+    files of their own into `files`, so the file provider reads that whole folder instead of the
+    chart's one file.
     """
+    if route_files is None:
+        route_files = routes_url is None
     address = {ENTRYPOINT: f"{LOOPBACK}:{port}", "traefik": f"{LOOPBACK}:{api_port}"}
     args = []
     for arg in chart_args:
-        option, _, _ = arg.partition("=")
+        option, _, value = arg.partition("=")
         if option.startswith("--entryPoints.web.") or (
             option.startswith("--providers.http.") and routes_url is None
         ):
@@ -112,8 +124,9 @@ def local_edge_args(
         entrypoint = option.split(".")[1] if option.startswith("--entryPoints.") else None
         if entrypoint in address and option.endswith(".address"):
             arg = f"{option}={address.pop(entrypoint)}"
-        elif option == "--providers.file.directory":
-            arg = f"{option}={files}"
+        elif option == "--providers.file.filename":
+            local = files if route_files else files / Path(value).name
+            arg = f"--providers.file.{'directory' if route_files else 'filename'}={local}"
         elif option == "--providers.http.endpoint":
             arg = f"{option}={routes_url}"
         args.append(arg)
