@@ -184,14 +184,17 @@ async def run_cluster(body: kopf.Body, memo: kopf.Memo, stopped: Any, **_: Any) 
     # A batch system or API server that stays down fails every loop: said once, not each time.
     managing = Trouble(log, f"{key}: managing the workers")
     patching = Trouble(log, f"{key}: writing the status")
+    # The phase as last logged (not as the body says: the watch may bring the patch late).
+    phase = (body.get("status") or {}).get("phase")
     while not stopped:
         cluster = dict(body)  # kopf keeps `body` current: this is the latest object
         state = controller.state(cluster)
         state.wake.clear()
         status = await asyncio.to_thread(reconcile.scheduler_state, memo.kube, cluster)
-        event = phase_event((cluster.get("status") or {}).get("phase"), status)
+        event = phase_event(phase, status)
         if event:
             log.info("%s: %s", key, event)
+        phase = status["phase"]
         # Once deleted, the finalizer removes every worker: start none behind its back.
         if status["phase"] == "Running" and not cluster["metadata"].get("deletionTimestamp"):
             try:

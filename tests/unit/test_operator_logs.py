@@ -4,6 +4,7 @@ per request of a user and per failure, kopf's lines naming their object."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -15,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from facility_operator import handlers, logs
 from facility_operator.edge_routes import EdgeRoutes
 from facility_operator.settings import Settings
+from facility_operator.workers import ClusterState
+from kubernetes import client
 
 from harness.paths import CHART
 
@@ -195,3 +198,81 @@ def test_the_operator_installs_the_quiet_filters(monkeypatch: pytest.MonkeyPatch
         logs.QuietHandlers
     ]
     assert isinstance(root.handlers[0].formatter, logs.ObjectFormatter)
+
+
+class Stopped:
+    """kopf's stop flag of a daemon: false until set."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+
+class StandInKube:
+    """The scheduler pod's phase over the daemon's loops, and the status patches."""
+
+    def __init__(self, phases: list[str]) -> None:
+        self.phases = phases
+        self.patches: list[dict[str, object]] = []
+
+    def pod(self, namespace: str, name: str) -> client.V1Pod:
+        phase = self.phases.pop(0) if len(self.phases) > 1 else self.phases[0]
+        return client.V1Pod(status=client.V1PodStatus(phase=phase))
+
+    def patch_status(self, namespace: str, name: str, changed: dict[str, object]) -> None:
+        self.patches.append(changed)
+
+
+class StandInController:
+    """Its batch system does not answer for the first ticks; the daemon stops after `loops`."""
+
+    def __init__(self, stopped: Stopped, failing: int, loops: int) -> None:
+        self.stopped, self.failing, self.loops = stopped, failing, loops
+        self.ticks = 0
+
+    def state(self, body: object) -> ClusterState:
+        return ClusterState()
+
+    async def tick(self, body: object) -> dict[str, object]:
+        self.ticks += 1
+        if self.ticks >= self.loops:
+            self.stopped.event.set()
+        if self.ticks <= self.failing:
+            raise ConnectionError("slurmrestd does not answer")
+        return {}
+
+
+def test_the_daemon_logs_a_change_once_not_at_every_loop(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=handlers.log.name)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    fast = dataclasses.replace(
+        Settings.from_values(values, "af", "facility"), worker_interval=0, status_interval=0
+    )
+    body = {
+        "metadata": {"name": "alice-x1y2z", "namespace": "facility"},
+        "spec": {"owner": "alice", "backend": "slurm"},
+        "status": {"phase": "Pending"},
+    }
+
+    async def run() -> None:
+        stopped = Stopped()
+        memo = kopf.Memo(
+            settings=fast,
+            kube=StandInKube(["Pending", "Pending", "Running"]),
+            workers=StandInController(stopped, failing=3, loops=8),
+        )
+        await handlers.run_cluster(body=body, memo=memo, stopped=stopped)
+
+    asyncio.run(run())
+    lines = [r.getMessage() for r in caplog.records if r.name == handlers.log.name]
+    key = "facility/alice-x1y2z"
+    assert lines == [
+        f"{key}: Pending -> Running: the scheduler runs",
+        f"{key}: managing the workers failed: ConnectionError: slurmrestd does not answer",
+        f"{key}: managing the workers works again",
+    ]
