@@ -98,9 +98,11 @@ def test_the_scheduler_pods_probe_adds_no_line_to_its_log(scheduler: Scheduler) 
     before = scheduler.lines()
     for _ in range(PROBES):
         assert http_get(url) == (200, "ok")
-    # The operator's own questions (every tick) are as quiet.
+    # The operator's own questions (every tick) and Prometheus' scrapes are as quiet.
     base = f"http://127.0.0.1:{scheduler.ports['dashboard']}"
-    assert http_get(f"{base}/api/v1/get_workers") is not None
+    for path in ("/api/v1/get_workers", "/api/v1/adaptive_target", "/metrics"):
+        status, _ = http_get(base + path) or (None, "")
+        assert status == 200, path
     # What a TCP probe of the TLS port did: a warning per probe. It is also the mark that the
     # scheduler has handled every request before it, so the log is complete up to here.
     with socket.create_connection(("127.0.0.1", scheduler.ports["tls"])):
