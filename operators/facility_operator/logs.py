@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 ACCESS_LOGGER = "aiohttp.access"
@@ -50,13 +49,9 @@ def request_path(record: logging.LogRecord) -> str:
 class QuietPolls(logging.Filter):
     """On `aiohttp.access`: successful requests of QUIET_PATHS at DEBUG, the rest as they are."""
 
-    def __init__(self, paths: Iterable[str] = QUIET_PATHS) -> None:
-        super().__init__()
-        self.paths = frozenset(paths)
-
     def filter(self, record: logging.LogRecord) -> bool:
         status = str(getattr(record, "response_status", ""))
-        if request_path(record) in self.paths and status[:1] in ("2", "3"):
+        if request_path(record) in QUIET_PATHS and status[:1] in ("2", "3"):
             return _demote(record)
         return True
 
@@ -87,11 +82,11 @@ class ObjectFormatter(logging.Formatter):
             record.msg, record.args = kept
 
 
-def configure(level: int = logging.INFO) -> None:
-    """The operator's logging: one format on standard error, the quiet filters installed."""
+def configure() -> None:
+    """The operator's logging: INFO in one format on standard error, the quiet filters on."""
     handler = logging.StreamHandler()
     handler.setFormatter(ObjectFormatter(FORMAT))
-    logging.basicConfig(level=level, handlers=[handler])
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger(ACCESS_LOGGER).addFilter(QuietPolls())
     logging.getLogger(KOPF_OBJECTS_LOGGER).addFilter(QuietHandlers())
 
