@@ -1,15 +1,18 @@
 """Probes and polls leave the logs of the real programs as they were: the scheduler program
 (facility_client.scheduler, with its cluster's TLS) probed as the kubelet probes the pod the
-operator makes, and Traefik with the chart's arguments, pinged and polling the operator's real
-routes app every second. No cluster: the programs run on loopback.
+operator makes; Traefik with the chart's arguments, pinged and polling the operator's real
+routes app every second; the hub as the chart configures it, probed, scraped and told of a
+server's activity. No cluster: the programs run on loopback.
 
 Each test also shows that its log does record what it should (a bare TCP connection to the
-scheduler's TLS port, a poll that fails), so an empty diff means quiet, not deaf.
+scheduler's TLS port, a poll that fails, a user's API request), so an empty diff means quiet,
+not deaf.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from aiohttp import web
 from facility_client import contract
@@ -28,7 +32,9 @@ from facility_operator.settings import Settings
 
 from harness import dask_edge
 from harness.commands import tool
+from harness.hub import run_hub
 from harness.net import free_port, http_get, serve_app
+from harness.operator_stack import hub_values, user_tokens
 from harness.paths import CHART, ROOT
 from harness.wait import wait_for
 
@@ -157,3 +163,33 @@ def test_the_edges_ping_and_its_polls_of_the_operator_add_no_line(tmp_path: Path
             )
         finally:
             dask_edge.stop(traefik)
+
+
+# JupyterHub's access lines (jupyterhub.log.log_request): "[I <time> JupyterHub log:1] 200 GET /"
+HUB_ACCESS = re.compile(r"\] (\d{3}) ([A-Z]+) (\S+)")
+
+
+def test_the_hubs_probe_scrapes_and_activity_reports_add_no_line(tmp_path: Path) -> None:
+    values = hub_values()
+    values["hub"]["config"]["JupyterHub"]["authenticate_prometheus"] = False
+    with run_hub(tmp_path, values, free_port()) as hub:
+        token = user_tokens(hub, ("alice",))["alice"]
+        before = len(hub.log().splitlines())
+        for _ in range(PROBES):
+            for path in ("/hub/health", "/hub/metrics"):
+                status, _ = http_get(hub.url + path) or (None, "")
+                assert status == 200, path
+        # What each user's server sends every five minutes (jupyterhub-singleuser).
+        for _ in range(3):
+            answer = requests.post(
+                f"{hub.url}/hub/api/users/alice/activity",
+                json={"last_activity": "2026-01-01T00:00:00Z", "servers": {}},
+                headers={"Authorization": f"token {token}"},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+        # A person's request: its line is the mark that the log is complete up to here.
+        assert http_get(f"{hub.url}/hub/api") is not None
+        wait_for(lambda: " GET /hub/api " in hub.log(), f"the hub's line ({hub.log_path})", 30)
+        added = [HUB_ACCESS.search(line) for line in hub.log().splitlines()[before:]]
+        assert [m.group(2, 3) for m in added if m] == [("GET", "/hub/api")]
