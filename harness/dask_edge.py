@@ -100,13 +100,21 @@ def local_edge_args(
     files: Path,
     routes_url: str | None = None,
     metrics_port: int | None = None,
+    *,
+    route_files: bool | None = None,
 ) -> list[str]:
     """The chart's arguments for a process on loopback: the public entrypoint, Traefik's own
     (ping, and the API that shows the loaded routers) and the metrics' on free loopback ports
     (metrics_port, or one of its own), its files from `files`, the operator's routes from
-    `routes_url` (None: no HTTP provider; the test writes the Dask routes into `files`), and
-    without the plain-HTTP redirect, which is not under test.
+    `routes_url` (None: no HTTP provider), and without the plain-HTTP redirect, which is not
+    under test.
+
+    route_files (by default: when there is no routes_url): the test writes the Dask routes as
+    files of their own into `files`, so the file provider reads that whole folder instead of the
+    chart's one file.
     """
+    if route_files is None:
+        route_files = routes_url is None
     address = {
         ENTRYPOINT: f"{LOOPBACK}:{port}",
         "traefik": f"{LOOPBACK}:{api_port}",
@@ -115,7 +123,7 @@ def local_edge_args(
     }
     args = []
     for arg in chart_args:
-        option, _, _ = arg.partition("=")
+        option, _, value = arg.partition("=")
         if option.startswith("--entryPoints.web.") or (
             option.startswith("--providers.http.") and routes_url is None
         ):
@@ -123,8 +131,9 @@ def local_edge_args(
         entrypoint = option.split(".")[1] if option.startswith("--entryPoints.") else None
         if entrypoint in address and option.endswith(".address"):
             arg = f"{option}={address.pop(entrypoint)}"
-        elif option == "--providers.file.directory":
-            arg = f"{option}={files}"
+        elif option == "--providers.file.filename":
+            local = files if route_files else files / Path(value).name
+            arg = f"--providers.file.{'directory' if route_files else 'filename'}={local}"
         elif option == "--providers.http.endpoint":
             arg = f"{option}={routes_url}"
         args.append(arg)

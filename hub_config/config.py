@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from traitlets.config import Config
 
-from hub_config import passthrough, services
+from hub_config import logs, passthrough, services
 from hub_config.auth import login
 from hub_config.facility import Facility, load
 from hub_config.spawner import spawner
@@ -62,5 +62,6 @@ def configure(c: Config, facility: Facility) -> None:
 
 
 def load_config(c: Config) -> None:
-    """The entry point of the hub image's jupyterhub_config.py."""
+    """The entry point of the hub image's jupyterhub_config.py, in the hub's own process."""
     configure(c, load(Path(os.environ.get("FACILITY_CONFIG_DIR", "/etc/facility"))))
+    logs.quiet_routine()

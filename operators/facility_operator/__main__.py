@@ -6,17 +6,19 @@ FACILITY_LIVENESS_URL, where kopf answers the liveness probe (the chart's operat
 
 from __future__ import annotations
 
-import logging
 import os
 
 import kopf
 
-from facility_operator import handlers  # noqa: F401  (registers the handlers with kopf)
+from facility_operator import (
+    handlers,  # noqa: F401  (registers the handlers with kopf)
+    logs,
+)
 from facility_operator.settings import Settings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     settings = Settings.from_env()
     kopf.run(
         # One replica, one namespace: no peering objects, no cluster-wide permissions.

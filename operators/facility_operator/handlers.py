@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -20,10 +21,11 @@ from facility_operator import reconcile
 from facility_operator import resources as res
 from facility_operator.edge_routes import EdgeRoutes
 from facility_operator.kube import Kube
+from facility_operator.logs import Trouble
 from facility_operator.metrics import ClusterIndex, OperatorMetrics
 from facility_operator.settings import Settings
 from facility_operator.usage import FLUSH_SECONDS, UsageStore
-from facility_operator.workers import WorkerController
+from facility_operator.workers import WorkerController, worker_groups
 
 DASK_CLUSTERS = (res.GROUP, res.VERSION, res.PLURAL)
 FINALIZER = f"{res.GROUP}/batch-jobs"
@@ -70,19 +72,36 @@ def _api_app(
     return api.make_app(settings, kube=controller.kube.api, controller=controller, metrics=metrics)
 
 
-async def sweep_once(memo: kopf.Memo) -> None:
+@dataclass
+class SweepTroubles:
+    """The sweep's two steps, each of whose failures is said once, not at every sweep."""
+
+    sweeping: Trouble
+    listing: Trouble
+
+    @classmethod
+    def of(cls, settings: Settings) -> SweepTroubles:
+        return cls(
+            Trouble(log, f"the sweep (every {settings.sweep_interval:g} s)"),
+            Trouble(log, "listing the edge's routes (with every sweep)"),
+        )
+
+
+async def sweep_once(memo: kopf.Memo, troubles: SweepTroubles | None = None) -> None:
     """Remove the workers of gone clusters; renew the edge's routes, and the clusters the
     metrics count, from a listing."""
     settings: Settings = memo.settings
+    troubles = troubles or SweepTroubles.of(settings)
     # Backends in use, and the default: a gone cluster's jobs are on one of these.
     backends = {settings.default_backend, *memo.backends_seen}
     try:
         removed = await asyncio.to_thread(reconcile.sweep, memo.kube, settings, backends)
-    except Exception:
+    except Exception as error:
         # An API server hiccup must not end the sweeping for the operator's lifetime.
         memo.metrics.reconcile_error("sweep")
-        log.exception("sweep failed; next try in %s s", settings.sweep_interval)
+        troubles.sweeping.failed(error)
     else:
+        troubles.sweeping.ok()
         for backend, count in removed.items():
             memo.metrics.sweep_removals.labels(backend=backend).inc(count)
     try:
@@ -90,24 +109,28 @@ async def sweep_once(memo: kopf.Memo) -> None:
         listed = await asyncio.to_thread(memo.kube.clusters, settings.namespace)
         memo.routes.replace(listed, mark)
         memo.clusters_seen.prune(listed, seen_mark)
-    except Exception:
+        troubles.listing.ok()
+    except Exception as error:
         memo.metrics.reconcile_error("routes")
-        log.exception("the edge's routes could not be listed; next try with the next sweep")
+        troubles.listing.failed(error)
 
 
 async def _sweep_forever(memo: kopf.Memo) -> None:
+    troubles = SweepTroubles.of(memo.settings)
     while True:
-        await sweep_once(memo)
+        await sweep_once(memo, troubles)
         await asyncio.sleep(memo.settings.sweep_interval)
 
 
 async def _save_usage_forever(memo: kopf.Memo) -> None:
+    saving = Trouble(log, f"saving the usage (every {FLUSH_SECONDS} s)")
     while True:
         await asyncio.sleep(FLUSH_SECONDS)
         try:
             await asyncio.to_thread(memo.usage_store.save, memo.workers.ledger)
-        except Exception:
-            log.exception("the usage could not be saved; next try in %s s", FLUSH_SECONDS)
+            saving.ok()
+        except Exception as error:
+            saving.failed(error)
 
 
 async def _serve(app: web.Application, port: int) -> web.AppRunner:
@@ -168,6 +191,32 @@ async def route_cluster(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     memo.clusters_seen.observe(body, deleted=event["type"] == "DELETED")
 
 
+def sizes(spec: dict[str, Any]) -> str:
+    """The cluster's worker groups and their ranges, as the log says them."""
+    return ", ".join(f"{g.name} {g.minimum}-{g.maximum}" for g in worker_groups(spec, ""))
+
+
+def spec_event(reason: kopf.Reason, cluster: dict[str, Any]) -> str:
+    """The log's line for a cluster seen for the first time, changed (scaled: users change
+    nothing else), or seen again after the operator's restart."""
+    spec = cluster["spec"]
+    if reason == kopf.Reason.CREATE:
+        return f"created for {spec['owner']} on {spec['backend']}; workers {sizes(spec)}"
+    if reason == kopf.Reason.UPDATE:
+        return f"scaled: workers {sizes(spec)}"
+    phase = (cluster.get("status") or {}).get("phase", "Pending")
+    return f"resumed ({phase}); workers {sizes(spec)}"
+
+
+def phase_event(before: str | None, status: dict[str, Any]) -> str | None:
+    """The log's line when the cluster's phase changes (None when it does not): its first
+    Pending is the creation's, which is logged already."""
+    phase = status["phase"]
+    if phase == before or (before is None and phase == "Pending"):
+        return None
+    return f"{before or 'new'} -> {phase}: {status.get('message', '')}"
+
+
 @kopf.on.resume(*DASK_CLUSTERS)
 @kopf.on.create(*DASK_CLUSTERS)
 @kopf.on.update(*DASK_CLUSTERS, field="spec")
@@ -177,6 +226,7 @@ async def reconcile_cluster(
     status: kopf.Status,
     memo: kopf.Memo,
     patch: kopf.Patch,
+    reason: kopf.Reason,
     **_: Any,
 ) -> None:
     settings: Settings = memo.settings
@@ -184,6 +234,7 @@ async def reconcile_cluster(
     memo.backends_seen.add(cluster["spec"]["backend"])
     with errors_counted(memo, "reconcile"):
         await asyncio.to_thread(reconcile.ensure_objects, memo.kube, settings, cluster)
+    log.info("%s: %s", res.cluster_key(cluster), spec_event(reason, cluster))
     patch.status["schedulerAddress"] = res.scheduler_address(settings, cluster)
     patch.status["dashboardLink"] = res.dashboard_link(cluster)
     patch.status["observedGeneration"] = meta["generation"]
@@ -193,37 +244,47 @@ async def reconcile_cluster(
 
 
 @kopf.daemon(*DASK_CLUSTERS, cancellation_timeout=10)
-async def run_cluster(
-    body: kopf.Body, memo: kopf.Memo, stopped: Any, logger: Any, **_: Any
-) -> None:
+async def run_cluster(body: kopf.Body, memo: kopf.Memo, stopped: Any, **_: Any) -> None:
     """The cluster's phase from its scheduler pod, and its workers while the scheduler runs:
     every operator.workers.interval, and at once when the spec changes. Ends the cluster when
     its scheduler has ended."""
     settings: Settings = memo.settings
     controller: WorkerController = memo.workers
+    key = res.cluster_key(body)
+    # A batch system or API server that stays down fails every loop: said once, not each time.
+    managing = Trouble(log, f"{key}: managing the workers")
+    patching = Trouble(log, f"{key}: writing the status")
+    # The phase as last logged (not as the body says: the watch may bring the patch late).
+    phase = (body.get("status") or {}).get("phase")
     while not stopped:
         cluster = dict(body)  # kopf keeps `body` current: this is the latest object
         state = controller.state(cluster)
         state.wake.clear()
         status = await asyncio.to_thread(reconcile.scheduler_state, memo.kube, cluster)
+        event = phase_event(phase, status)
+        if event:
+            log.info("%s: %s", key, event)
+        phase = status["phase"]
         if status["phase"] != "Running":
             controller.scheduler_stopped(cluster)
         # Once deleted, the finalizer removes every worker: start none behind its back.
         elif not cluster["metadata"].get("deletionTimestamp"):
             try:
                 status |= await controller.tick(cluster)
+                managing.ok()
             except Exception as error:
                 # A batch system that does not answer must not end the daemon: next tick.
                 memo.metrics.reconcile_error("workers")
-                logger.exception("the workers of %s: %s", res.cluster_key(cluster), error)
+                managing.failed(error)
                 status["message"] = f"the scheduler runs; the workers could not be managed: {error}"
         try:
             await asyncio.to_thread(reconcile.patch_status, memo.kube, cluster, status)
+            patching.ok()
         except Exception as error:
             # (A CRD older than this operator refuses a field, the API server restarts, ...):
             # the daemon goes on, and says why in its log.
             memo.metrics.reconcile_error("status")
-            logger.exception("the status of %s: %s", res.cluster_key(cluster), error)
+            patching.failed(error)
         interval = (
             settings.worker_interval if status["phase"] == "Running" else settings.status_interval
         )
@@ -236,17 +297,13 @@ async def run_cluster(
 
 
 @kopf.on.delete(*DASK_CLUSTERS)
-async def remove_batch_jobs(
-    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any, **_: Any
-) -> None:
+async def remove_batch_jobs(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
     """Before the cluster goes: stop its scheduler (no new jobs), then remove its jobs."""
     with errors_counted(memo, "delete"):
-        await _remove_batch_jobs(dict(body), memo, patch, logger)
+        await _remove_batch_jobs(dict(body), memo, patch)
 
 
-async def _remove_batch_jobs(
-    cluster: dict[str, Any], memo: kopf.Memo, patch: kopf.Patch, logger: Any
-) -> None:
+async def _remove_batch_jobs(cluster: dict[str, Any], memo: kopf.Memo, patch: kopf.Patch) -> None:
     patch.status["phase"] = "Ending"
     await asyncio.to_thread(reconcile.stop_scheduler, memo.kube, cluster)
     deadline = asyncio.get_running_loop().time() + STOP_WAIT
@@ -260,4 +317,6 @@ async def _remove_batch_jobs(
     async with controller.owner_locks[cluster["spec"]["owner"]]:
         removed = await asyncio.to_thread(reconcile.remove_jobs, memo.kube, memo.settings, cluster)
     controller.forget(cluster)
-    logger.info(f"removed {removed} workers of {res.cluster_key(cluster)}")
+    log.info(
+        "%s: ended; its scheduler stopped, %d workers removed", res.cluster_key(cluster), removed
+    )

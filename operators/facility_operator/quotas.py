@@ -8,11 +8,14 @@ default; a limit that none of them sets is no limit.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from facility_operator.errors import ApiError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("clusters", "workers", "cores")
 # What each sum counts, for the refusal; and the request field that moves it.
@@ -97,4 +100,6 @@ def check(
                 f"quota exceeded: at most {limit.value} {limit.kind} for {user}"
                 f"{COUNTED[limit.kind]}, and this would make {wanted} ({limit.source})"
             )
+            # The access line says only 403: the operator's log says which limit held.
+            log.info("refused: %s", message)
             raise QuotaExceeded(limit, message)

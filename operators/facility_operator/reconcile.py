@@ -57,11 +57,10 @@ def ensure_objects(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> N
 
 def scheduler_state(kube: Kube, body: Mapping[str, Any]) -> dict[str, Any]:
     """Phase and message from the scheduler pod; a scheduler that ended (idle) ends its
-    cluster."""
+    cluster (the daemon logs the change of phase once)."""
     namespace, name = body["metadata"]["namespace"], res.cluster_id(body)
     status = scheduler_status(kube.pod(namespace, res.scheduler_name(body)))
     if status["phase"] == "Ending":
-        log.info("the scheduler of %s/%s ended: deleting the cluster", namespace, name)
         kube.delete_cluster(namespace, name)
     return status
 

@@ -229,6 +229,9 @@ class ClusterState:
     # it is learned then, without counting it as news.
     primed: bool = False
     failures: list[dict[str, str]] = field(default_factory=list)
+    # Why the plan starts fewer workers than wanted (a quota, failed starts), as last logged:
+    # the log says each change once, not at every tick.
+    held_back: str = ""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -412,8 +415,9 @@ class WorkerController:
             listed = {j.name: j for j in jobs}
             if state.primed:
                 # A new worker of a group connected: that group's workers can start.
-                for name in names - state.ever_connected:
+                for name in sorted(names - state.ever_connected):
                     if name in listed:
+                        log.info("%s: worker %s connected", key, name)
                         state.start_failures.pop(listed[name].group, None)
             state.ever_connected = (state.ever_connected | names) & set(listed)
             active = [j for j in jobs if j.state in ACTIVE]
@@ -464,6 +468,9 @@ class WorkerController:
                     scheduler, backend, key, todo.retire, connected or {}
                 )
                 if todo.remove:
+                    surplus = [j.name for j in todo.remove if j.state in ACTIVE]
+                    if surplus:
+                        log.info("%s: removing %s (not connected)", key, ", ".join(surplus))
                     await asyncio.to_thread(backend.remove, key, todo.remove)
                     gone |= {j.id for j in todo.remove}
             finally:
@@ -481,6 +488,9 @@ class WorkerController:
                 f"the scheduler keeps {len(kept)} worker(s) it could not retire (their results"
                 " have nowhere else to go yet)"
             )
+        if todo.held_back != state.held_back:
+            log.info("%s: %s", key, todo.held_back or "no longer held back")
+            state.held_back = todo.held_back
         return self.status(state, still, names, started, held_back, connected is not None)
 
     def blocked(self, state: ClusterState) -> dict[str, str]:
@@ -593,6 +603,8 @@ class WorkerController:
         for job in ended:
             if job.id in seen:
                 continue
+            if state.primed or job.state != SUCCEEDED:
+                log.info("%s: worker %s %s: %s", key, job.name, job.state, job.reason)
             if job.state != SUCCEEDED:
                 try:
                     text = await asyncio.to_thread(backend.log_tail, key, job, LOG_LINES)
@@ -600,7 +612,6 @@ class WorkerController:
                     text = f"(the log could not be read: {error})"
                 if state.primed and job.name not in state.ever_connected:
                     state.start_failures[job.group] = state.start_failures.get(job.group, 0) + 1
-                log.info("%s: worker %s %s: %s", key, job.name, job.state, job.reason)
                 state.failures.append({
                     "name": job.name, "id": job.id, "group": job.group, "state": job.state,
                     "reason": job.reason, "since": job.since or now(), "log": text[-4000:],

@@ -3,6 +3,8 @@ spec and the scheduler's wish, what to start within the quotas, what to retire o
 
 from __future__ import annotations
 
+import dataclasses
+
 from facility_operator.backends.base import (
     FAILED,
     PENDING,
@@ -234,6 +236,31 @@ def test_failures_block_their_own_group_and_a_restart_counts_none_twice() -> Non
     started = list(backend.started)
     asyncio.run(first.tick(body(1, 1, gpu)))
     assert [n for n in backend.started[len(started) :] if "-gpu-" in n] == []
+
+
+def test_the_log_says_each_worker_event_once_not_at_every_tick(caplog) -> None:
+    """A worker that connects, one that fails, a group held back by its failures: one line
+    each, however many ticks see the same."""
+    import asyncio
+    import logging
+
+    caplog.set_level(logging.INFO, logger="facility_operator.workers")
+    gpu = [{"name": "gpu", "cores": 1, "minWorkers": 1, "maxWorkers": 1}]
+    backend = StandInBackend([job(0)])
+    scheduler = StandInScheduler({})
+    made = controller(backend, scheduler)
+    made.settings = dataclasses.replace(made.settings, max_start_failures=1)
+    asyncio.run(made.tick(body(1, 1, gpu)))  # the first tick learns what is there
+    scheduler.connected = {job(0).name: "tls://w0"}
+    backend.listed.append(job(1, FAILED, "gpu"))
+    for _ in range(3):
+        asyncio.run(made.tick(body(1, 1, gpu)))
+    lines = [r.getMessage() for r in caplog.records if r.name == "facility_operator.workers"]
+    key = f"facility/{ID}"
+    assert lines.count(f"{key}: worker {job(0).name} connected") == 1
+    assert lines.count(f"{key}: worker {job(1, FAILED, 'gpu').name} failed: ") == 1
+    held = [line for line in lines if "workers in a row ended" in line]
+    assert len(held) == 1, lines
 
 
 def test_the_client_dials_the_edge_at_the_port_it_is_given() -> None:
