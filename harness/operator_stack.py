@@ -300,12 +300,12 @@ def file_edge(workdir: Path) -> Iterator[FileEdge]:
     chart_args, files = dask_edge.chart_edge()
     # The chart's hub route (to nowhere: no hub here), so the edge starts as the chart's does.
     dask_edge.write_edge_files(routes, files, "http://127.0.0.1:9")
-    port, api_port = free_port(), free_port()
+    port, api_port, metrics_port = free_port(), free_port(), free_port()
     log = workdir / "traefik.log"
-    args = dask_edge.local_edge_args(chart_args, port, api_port, routes)
+    args = dask_edge.local_edge_args(chart_args, port, api_port, routes, None, metrics_port)
     with log.open("wb") as out:
         process = subprocess.Popen([tool("traefik"), *args], stdout=out, stderr=out)
-    edge = dask_edge.Edge(process, port, api_port, log)
+    edge = dask_edge.Edge(process, port, api_port, log, metrics_port)
     try:
         wait_for(lambda: dask_edge.enabled_routers(api_port, "http"), f"Traefik ({log})", 30)
         yield FileEdge(edge, routes)
