@@ -56,6 +56,16 @@ def test_every_pod_meets_pod_security_restricted(values: Path) -> None:
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_every_containers_ports_have_names_of_their_own(values: Path) -> None:
+    """The API server refuses a pod whose container names one port twice (and Services and
+    NetworkPolicies find ports by name)."""
+    for owner in (o for o in rendered(values) if o["kind"] in POD_OWNERS):
+        for container in owner["spec"]["template"]["spec"]["containers"]:
+            names = [port["name"] for port in container.get("ports", [])]
+            assert len(names) == len(set(names)), (owner["metadata"]["name"], names)
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
 def test_every_component_has_a_network_policy(values: Path) -> None:
     objs = rendered(values)
     policies = {
