@@ -20,6 +20,7 @@ up: ## Bring the facility up: tools, images, a real-node cluster, login, chart (
 down: ## Remove the facility, stop the local clusters (deletes all their data) and the image builder
 	ci/cluster down
 	$(TEST_CLUSTER) ci/cluster down
+	FACILITY_CLUSTER_DIR=$(CURDIR)/.cluster-e2e ci/cluster down
 	ci/images down
 
 tools: ## Build the pinned tools from their Go modules into ~/.cache/facility

@@ -84,6 +84,8 @@ DATA_SET = "small"
 # The results of the end-to-end tests that a person looks at (the analysis' plot).
 ARTIFACTS = ROOT / "reports" / "e2e"
 MAKE_UP_STATE = Path(os.environ.get("FACILITY_UP_CLUSTER_DIR", ROOT / ".cluster"))
+# The cluster of its own, when make up's does not run (ci/cluster down removes it at the end).
+OWN_STATE = ROOT / ".cluster-e2e"
 
 
 @dataclass
@@ -214,7 +216,9 @@ def facility(
             "(FACILITY_CLUSTER_DIR=... ci/cluster down)"
         )
     work = tmp_path_factory.mktemp("e2e")
-    state = MAKE_UP_STATE if shared else work / "cluster"
+    # Not under pytest's temporary folder: any pytest session that starts meanwhile resets its
+    # root to mode 0700, which drops the ACL that lets the origin's xrootd user reach its data.
+    state = MAKE_UP_STATE if shared else OWN_STATE
     env = {
         **os.environ,
         "FACILITY_CLUSTER_DIR": str(state),
