@@ -16,6 +16,9 @@ POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 COMPONENTS = {"hub", "proxy", "edge", "operator"}
 # Components that a values file switches on: {component: its section, whose `enabled` is true}.
 OPTIONAL_COMPONENTS = {"xcache": "xcache"}
+# Components that a values file may switch off: {component: its section, `enabled` false}. The
+# `helm test` Pods are bare Pods (hooks), which `helm template` renders as the chart tests see it.
+DEFAULT_COMPONENTS = {"helm-test": "tests"}
 
 
 def rendered(values: Path) -> list[dict[str, Any]]:
@@ -30,7 +33,19 @@ def components(values: Path) -> set[str]:
         for name, section in OPTIONAL_COMPONENTS.items()
         if data.get(section, {}).get("enabled")
     }
-    return COMPONENTS | switched_on
+    kept = {
+        name
+        for name, section in DEFAULT_COMPONENTS.items()
+        if data.get(section, {}).get("enabled", True)
+    }
+    return COMPONENTS | switched_on | kept
+
+
+def pod_specs(objs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(object, pod spec) of every object that makes pods, and of every bare Pod."""
+    return [(o, o["spec"]["template"]["spec"]) for o in objs if o["kind"] in POD_OWNERS] + [
+        (o, o["spec"]) for o in objs if o["kind"] == "Pod"
+    ]
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
@@ -48,11 +63,11 @@ def test_every_object_is_labelled_and_namespaced(values: Path) -> None:
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
 def test_every_pod_meets_pod_security_restricted(values: Path) -> None:
-    pods = [o for o in rendered(values) if o["kind"] in POD_OWNERS]
-    made = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
+    pods = pod_specs(rendered(values))
+    made = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o, _ in pods}
     assert made == components(values)
-    for owner in pods:
-        assert restricted_violations(owner["spec"]["template"]["spec"]) == [], owner["metadata"]
+    for owner, spec in pods:
+        assert restricted_violations(spec) == [], owner["metadata"]
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
@@ -171,7 +186,8 @@ def test_the_operators_service_follows_its_ports() -> None:
         for rule in by_name["NetworkPolicy", "operator"]["spec"]["ingress"]
         if len(rule["from"]) == 1
     ]  # fmt: skip
-    assert admitted == [("edge", [{"port": "edge-routes"}])]
+    # The edge alone on its routes' port; `helm test`'s Pods on the users' API alone.
+    assert admitted == [("edge", [{"port": "edge-routes"}]), ("helm-test", [{"port": "http"}])]
 
 
 def test_no_scheduler_service_account_or_role() -> None:

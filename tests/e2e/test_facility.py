@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -125,8 +126,9 @@ class Facility:
     def json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json"))
 
-    def helm(self, *args: str, timeout: float = 900) -> str:
-        done = subprocess.run(
+    def helm_run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """helm in the tests' namespace, whatever its exit status."""
+        return subprocess.run(
             [
                 str(TOOLS / "helm"),
                 f"--kubeconfig={self.state / 'kubeconfig'}",
@@ -138,6 +140,9 @@ class Facility:
             text=True,
             timeout=timeout,
         )
+
+    def helm(self, *args: str, timeout: float = 900) -> str:
+        done = self.helm_run(*args, timeout=timeout)
         if done.returncode != 0:
             pytest.fail(f"helm {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
         return done.stdout
@@ -329,10 +334,12 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 
 def chart_pods(site: Facility) -> list[dict[str, Any]]:
     pods = site.json("get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}")
+    # Not the `helm test` Pods: hooks, not the release's, which stay Succeeded or Failed.
     return [
         p
         for p in pods["items"]
         if p["metadata"]["labels"].get("app.kubernetes.io/managed-by") == "Helm"
+        and "helm.sh/hook" not in p["metadata"].get("annotations", {})
     ]
 
 
@@ -425,6 +432,82 @@ def test_each_image_holds_its_own_process_and_no_other(facility: Facility, compo
         "exec", "-n", NAMESPACE, pod["metadata"]["name"], "--", "python3", "-c", FINDS, own, *others
     )
     assert json.loads(found) == {own: True, **dict.fromkeys(others, False)}
+
+
+# The chart's `helm test` checks (templates/tests/), each a Pod <fullname>-test-<check> that
+# prints "<check>: ok: ..." or "<check>: FAILED: ...". XCache's runs: ci/up.d/values.yaml
+# enables it.
+HELM_TEST_CHECKS = ("edge", "hub", "operator", "xcache")
+HELM_TEST_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=helm-test"
+# helm test's status of each test Pod: "TEST SUITE: <pod>", two lines of times, "Phase: <phase>".
+TEST_SUITE = re.compile(r"^TEST SUITE:\s+(\S+)\n(?:.*\n){0,3}?Phase:\s+(\S+)", re.MULTILINE)
+
+
+def helm_test(facility: Facility) -> tuple[int, str, dict[str, str]]:
+    """`helm test --logs` of the release: its exit status, what it printed (the status of each
+    test Pod, their logs, and on a failure the Pod that failed), and each check's phase."""
+    # Helm's own timeout above the Pods' deadline (tests.deadlineSeconds), so a stuck check
+    # is reported by its Pod, not by Helm giving up.
+    done = facility.helm_run("test", RELEASE, "--logs", "--timeout", "5m", timeout=420)
+    output = done.stdout + done.stderr
+    phases = {
+        pod.removeprefix(f"{FULLNAME}-test-"): phase for pod, phase in TEST_SUITE.findall(output)
+    }
+    return done.returncode, output, phases
+
+
+def remove_helm_test_pods(facility: Facility) -> None:
+    """The last `helm test`'s Pods: hooks, not the release's, which `helm uninstall` leaves (the
+    chart's notes give a site the same command)."""
+    facility.kubectl("delete", "pods", "-n", NAMESPACE, "-l", HELM_TEST_SELECTOR,
+                     "--ignore-not-found", "--wait", "--timeout=60s")  # fmt: skip
+
+
+def operator_pods(facility: Facility) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
+    return facility.json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
+
+
+def test_helm_test_checks_every_component_of_the_live_install(facility: Facility) -> None:
+    """Mode: real node. `helm test` on the running release passes: the hub's API answers, the
+    operator's users' API refuses a request without a token (401), HTTPS through the edge reaches
+    the hub, and XCache answers xrootd (asking for a token: xcache.auth is on); one line each.
+    Its Pods stay, to be read after a failure, until test_uninstall_... removes them."""
+    status, output, phases = helm_test(facility)
+    assert status == 0, output
+    assert phases == dict.fromkeys(HELM_TEST_CHECKS, "Succeeded"), output
+    for check in HELM_TEST_CHECKS:
+        assert f"{check}: ok: " in output, (check, output)
+    assert "FAILED" not in output, output
+    assert "asks for a token" in output, output  # xcache.auth of ci/up.d/values.yaml
+
+
+def test_helm_test_fails_naming_a_broken_component(facility: Facility) -> None:
+    """Mode: real node. With the operator scaled to nothing, `helm test` fails, and names the
+    operator's test Pod and its failed line; scaled back, it passes again (and the tests after
+    this one find the operator as it was)."""
+    deployment = f"deployment/{FULLNAME}-operator"
+    try:
+        facility.kubectl("scale", deployment, "-n", NAMESPACE, "--replicas=0")
+        wait_for(lambda: not operator_pods(facility), "the operator's pod to go", 120)
+        status, output, phases = helm_test(facility)
+        assert status != 0, output
+        # Its Pod, by name (TEST SUITE: <fullname>-test-operator ... Phase: Failed).
+        assert phases["operator"] == "Failed", output
+        assert "operator: FAILED: " in output, output
+        # Helm runs the checks in their names' order and stops at the first failure: those
+        # before the operator's still pass.
+        assert phases["edge"] == phases["hub"] == "Succeeded", output
+    finally:
+        facility.kubectl("scale", deployment, "-n", NAMESPACE, "--replicas=1")
+        wait_for(
+            lambda: [p for p in operator_pods(facility) if pod_ready(p)],
+            "the operator's pod to be Ready again",
+            180,
+        )
+    status, output, phases = helm_test(facility)
+    assert status == 0, output
+    assert phases == dict.fromkeys(HELM_TEST_CHECKS, "Succeeded"), output
 
 
 def test_a_user_logs_in_through_the_edge_and_gets_jupyterlab(
@@ -1294,6 +1377,8 @@ def test_uninstall_removes_everything_but_the_listed_data(facility: Facility) ->
     # The user's pod is KubeSpawner's, not the chart's: the hub stops it, while it still runs.
     if server(facility) is not None:
         stop_server(facility)
+    # So are the last `helm test`'s Pods (hooks): a site removes them as the chart's notes say.
+    remove_helm_test_pods(facility)
     made = manifest_objects(facility.helm("get", "manifest", RELEASE))
     assert ("PersistentVolumeClaim", f"{FULLNAME}-hub-db") in made
     facility.helm("uninstall", RELEASE, "--wait", "--timeout", "5m")

@@ -206,12 +206,17 @@ def test_the_network_policy(tmp_path: Path) -> None:
     )
     policy = xcache_objects(rendered(tmp_path, values))["NetworkPolicy/af-facility-xcache"]
     spec = policy["spec"]
-    (inside,) = spec["ingress"]
+    # The readers, and `helm test`'s check (tests/chart/test_helm_test_hooks.py), on xrootd alone.
+    inside, check = spec["ingress"]
     readers = {
         p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in inside["from"]
     }
     assert readers == {"singleuser-server", "dask-scheduler", "dask-worker"}
     assert inside["ports"] == [{"port": "xrootd"}]
+    assert [
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in check["from"]
+    ] == ["helm-test"]
+    assert check["ports"] == [{"port": "xrootd"}]
     egress_ports = sorted(port["port"] for rule in spec["egress"] for port in rule["ports"])
     assert egress_ports == [53, 53, 443, 1095, 8443]  # DNS, the issuers, the origin
 

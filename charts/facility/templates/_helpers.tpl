@@ -281,3 +281,118 @@ prometheus.io/path: {{ $endpoint.path }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+NetworkPolicy ingress rule: the `helm test` Pods (component helm-test, templates/tests/) on the
+one port their check of this component asks, (dict "root" $ "port" "http"); nothing when
+tests.enabled is false. The edge admits anyone on its HTTPS port already, and the proxy is
+reached through the edge: neither needs it.
+*/}}
+{{- define "facility.ingressTests" -}}
+{{- if .root.Values.tests.enabled -}}
+# `helm test`'s check of this component: that port alone.
+- from:
+    {{- include "facility.podPeers" (dict "root" .root "components" (list "helm-test")) | nindent 4 }}
+  ports:
+    - port: {{ .port }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+One `helm test` Pod: (dict "root" $ "check" "hub" "image" .Values.hub.image "command" (list ...)),
+with optional "volumes" and "volumeMounts" (lists). Named <fullname>-test-<check>, so that
+`helm test`'s report of a failure names the component; labelled component helm-test, which its
+NetworkPolicy (templates/tests/networkpolicy.yaml) selects. before-hook-creation: a rerun replaces
+it, and until then the last result (its phase and its log line) stays to be read.
+*/}}
+{{- define "facility.testPod" -}}
+{{- $root := .root -}}
+{{- $tests := $root.Values.tests -}}
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {{ include "facility.componentName" (dict "root" $root "component" (printf "test-%s" .check)) }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "facility.labels" (dict "root" $root "component" "helm-test") | nindent 4 }}
+  annotations:
+    helm.sh/hook: test
+    helm.sh/hook-delete-policy: before-hook-creation
+spec:
+  restartPolicy: Never
+  activeDeadlineSeconds: {{ $tests.deadlineSeconds }}
+  # A client's view: no Kubernetes credential, no Service variables (names are resolved by DNS,
+  # as the components' clients do).
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  {{- include "facility.podCommon" (dict "root" $root "values" dict) | trim | nindent 2 }}
+  containers:
+    - name: {{ .check }}
+      image: {{ include "facility.image" (dict "root" $root "image" .image) }}
+      imagePullPolicy: {{ .image.pullPolicy }}
+      command:
+        {{- toYaml .command | nindent 8 }}
+      {{- include "facility.containerSecurityContext" $root | nindent 6 }}
+      resources:
+        {{- toYaml $tests.resources | nindent 8 }}
+      volumeMounts:
+        - {name: tmp, mountPath: /tmp}
+        {{- with .volumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    - name: tmp
+      emptyDir: {}
+    {{- with .volumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/*
+The HTTP check of the `helm test` Pods, a Python script (the hub's and the operator's images have
+Python; the edge's has none): python3 -c <this> CHECK URL STATUS KEY NAME. It asks GET URL and
+passes when the answer has that status and, unless KEY is empty, is a JSON object with KEY. NAME
+is the Host header and, over HTTPS, the TLS server name (empty: URL's host). It prints one line,
+"CHECK: ok: ..." or "CHECK: FAILED: ...", and exits 1 on a failure.
+*/}}
+{{- define "facility.testHttpScript" -}}
+import http.client, json, socket, ssl, sys, urllib.parse
+check, url, status, key, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+parts = urllib.parse.urlsplit(url)
+name = name or parts.hostname
+what = f"GET {url}" + (f" as {name}" if name != parts.hostname else "") + f" answers {status}"
+what += f" with JSON {key!r}" if key else ""
+def fail(why):
+    print(f"{check}: FAILED: {what}: {why}", flush=True)
+    sys.exit(1)
+try:
+    conn = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    tls = ""
+    if parts.scheme == "https":
+        # The handshake must complete, but the certificate is not verified: the edge's may be
+        # Traefik's own or a development CA's, and the chart is given no CA of it.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = context.wrap_socket(conn, server_hostname=name)
+        tls = f", over {conn.version()} (certificate not verified)"
+    request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+    conn.sendall(request.encode())
+    answer = http.client.HTTPResponse(conn)
+    answer.begin()
+    text = answer.read().decode(errors="replace")
+except Exception as error:
+    fail(f"{type(error).__name__}: {error}")
+shown = " ".join(text.split())[:200]
+if answer.status != status:
+    fail(f"got {answer.status} {shown}")
+if key:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or key not in body:
+        fail(f"no {key!r} in {shown!r}")
+    shown = f"{key}: {body[key]}"
+print(f"{check}: ok: {what}{tls}" + (f"; {shown}" if shown else ""), flush=True)
+{{- end -}}
