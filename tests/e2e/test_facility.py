@@ -68,6 +68,8 @@ KEPT_AFTER_UNINSTALL = {
     ("persistentvolumeclaims", f"home-{USER}"),
     ("persistentvolumeclaims", f"home-{ATTACKER}"),
     ("secrets", f"{FULLNAME}-dask-ca"),
+    # The operator's usage accounting (who used what), kept for the site's reports.
+    ("configmaps", f"{FULLNAME}-operator-usage"),
     # ci/up's, not the chart's: the edge's and XCache's certificates, the development CA.
     ("secrets", f"{FULLNAME}-edge-tls"),
     ("secrets", f"{FULLNAME}-xcache-tls"),
