@@ -20,10 +20,8 @@ from facility_operator import resources
 from facility_operator.settings import Settings
 
 from harness.chart import VALUES_DIR, objects, render
-from harness.commands import kubectl, run
-from harness.paths import ROOT
+from harness.commands import kubectl
 
-CRDS = ROOT / ".tools" / "monitoring-crds"
 MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}
 # The components with a metrics endpoint: {component: (its container port's name, its path)}.
 ENDPOINTS = {
@@ -307,14 +305,7 @@ def test_a_pod_selector_alone_admits_those_pods_of_the_release_namespace() -> No
 # --- against prometheus-operator's real CRDs (the local API server) -------------------------
 
 
-@pytest.fixture(scope="module")
-def monitoring_crds(cluster: Path) -> Path:
-    run([str(ROOT / "ci" / "monitoring-crds")])
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS.resolve()))
-    for crd in ("servicemonitors", "podmonitors", "prometheusrules"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com",
-                "--timeout=60s")  # fmt: skip
-    return CRDS
+# monitoring_crds: the fixture of tests/chart/conftest.py.
 
 
 def dry_run(docs: list[dict[str, Any]], namespace: str) -> Any:
