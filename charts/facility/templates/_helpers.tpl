@@ -356,7 +356,7 @@ is the Host header and, over HTTPS, the TLS server name (empty: URL's host). It 
 "CHECK: ok: ..." or "CHECK: FAILED: ...", and exits 1 on a failure.
 */}}
 {{- define "facility.testHttpScript" -}}
-import http.client, json, socket, ssl, sys, urllib.parse
+import http.client, json, socket, ssl, sys, time, urllib.parse
 check, url, status, key, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 parts = urllib.parse.urlsplit(url)
 name = name or parts.hostname
@@ -365,8 +365,19 @@ what += f" with JSON {key!r}" if key else ""
 def fail(why):
     print(f"{check}: FAILED: {what}: {why}", flush=True)
     sys.exit(1)
+def connect():
+    # The rules that admit this new pod reach the node's firewall a moment after it starts
+    # (kube-router: refused until then): a failed connection is tried again for 30 s.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return socket.create_connection((parts.hostname, parts.port), timeout=10)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 try:
-    conn = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    conn = connect()
     tls = ""
     if parts.scheme == "https":
         # The handshake must complete, but the certificate is not verified: the edge's may be
