@@ -26,7 +26,10 @@ def crds(cluster: Path) -> None:
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
-def test_api_server_accepts_every_object(values: Path, crds: None, namespace: str) -> None:
+def test_api_server_accepts_every_object(
+    values: Path, crds: None, monitoring_crds: Path, namespace: str
+) -> None:
+    # monitoring_crds: everything.yaml turns the ServiceMonitors, PodMonitor and PrometheusRule on.
     manifest = render(values, namespace)
     done = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest)
     assert "created (server dry run)" in done.stdout

@@ -31,7 +31,12 @@ def test_the_filter_moves_the_routine_to_debug(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     access = logging.getLogger("tornado.access")
-    monkeypatch.setattr(access, "filters", [])  # the other tests' logger stays as it was
+    # The other tests' logger stays as it was: a hub configured in this process before (the
+    # spawn and integration tests) may have stopped it propagating, or raised its level.
+    monkeypatch.setattr(access, "filters", [])
+    monkeypatch.setattr(access, "propagate", True)
+    monkeypatch.setattr(access, "disabled", False)
+    monkeypatch.setattr(access, "level", logging.NOTSET)
     caplog.set_level(logging.INFO)
     logs.quiet_routine()
     logs.quiet_routine()  # the configuration may be loaded twice: one filter
