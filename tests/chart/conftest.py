@@ -10,6 +10,7 @@ import pytest
 
 from harness.commands import kubectl, run
 from harness.paths import ROOT
+from harness.wait import wait_for
 
 CRDS = ROOT / ".tools" / "monitoring-crds"
 
@@ -18,7 +19,12 @@ CRDS = ROOT / ".tools" / "monitoring-crds"
 def monitoring_crds(cluster: Path) -> Path:
     run([str(ROOT / "ci" / "monitoring-crds")])
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS.resolve()))
+    # Not `kubectl wait`: it fails at once while a new CRD has no status conditions yet.
     for crd in ("servicemonitors", "podmonitors", "prometheusrules"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com",
-                "--timeout=60s")  # fmt: skip
+        wait_for(lambda crd=crd: established(f"{crd}.monitoring.coreos.com"), f"CRD {crd}", 60)
     return CRDS
+
+
+def established(crd: str) -> bool:
+    condition = '{.status.conditions[?(@.type=="Established")].status}'
+    return kubectl("get", "crd", crd, "-o", f"jsonpath={condition}").stdout == "True"

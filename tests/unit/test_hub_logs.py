@@ -31,13 +31,14 @@ def test_the_filter_moves_the_routine_to_debug(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     access = logging.getLogger("tornado.access")
-    # The other tests' logger stays as it was: a hub configured in this process before (the
-    # spawn and integration tests) may have stopped it propagating, or raised its level.
+    # Captured at the logger itself, and the other tests' logger stays as it was: a hub
+    # configured in this process before re-parents tornado's loggers under JupyterHub's own,
+    # which does not propagate to the root (where caplog listens by default).
     monkeypatch.setattr(access, "filters", [])
-    monkeypatch.setattr(access, "propagate", True)
+    monkeypatch.setattr(access, "handlers", [caplog.handler])
+    monkeypatch.setattr(access, "propagate", False)
     monkeypatch.setattr(access, "disabled", False)
-    monkeypatch.setattr(access, "level", logging.NOTSET)
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="tornado.access")
     logs.quiet_routine()
     logs.quiet_routine()  # the configuration may be loaded twice: one filter
     assert sum(isinstance(f, logs.QuietRoutine) for f in access.filters) == 1
