@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Sequence
+from typing import Any
 
 from harness import HarnessError
 from harness.paths import KUBECONFIG, TOOLS
@@ -35,6 +36,16 @@ def run(
             f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         )
     return done
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """End a process the harness started: SIGTERM, then SIGKILL after `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def helm(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -42,7 +42,7 @@ from facility_operator import edge_routes
 from facility_operator.certs import ClusterIdentity, KeyPair, new_cluster_identity
 
 from harness.chart import VALUES_DIR, objects, render
-from harness.commands import tool
+from harness.commands import stop, tool
 from harness.net import free_port
 from harness.paths import ROOT
 from harness.wait import wait_for
@@ -150,15 +150,6 @@ def routes_config(schedulers: dict[str, str]) -> dict[str, Any]:
     return edge_routes.traefik_config(
         {sni.split(".", 1)[0]: (sni, address) for sni, address in schedulers.items()}
     )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def traefik_api(api_port: int, path: str) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from urllib.parse import urljoin
 import requests
 
 from harness import HarnessError
+from harness.commands import stop
 from harness.paths import NODE_DIR
 from harness.wait import wait_for
 
@@ -274,12 +275,7 @@ def run_provider(
         wait_for(lambda: discovery_served(provider), "the OIDC discovery document", timeout)
         yield provider
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=10)
 
 
 class _LoginForm(HTMLParser):

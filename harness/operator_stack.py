@@ -47,7 +47,7 @@ from kubernetes import client, config
 
 from harness import HarnessError, dask_edge
 from harness.chart import merge_values
-from harness.commands import kubectl, tool
+from harness.commands import kubectl, stop, tool
 from harness.hub import Hub, run_hub
 from harness.net import free_port, http_get, serve_app
 from harness.paths import CHART, KUBECONFIG, ROOT
@@ -126,7 +126,7 @@ class Operator:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            dask_edge.stop(self.process)
+            stop(self.process)
 
 
 @dataclass
@@ -206,7 +206,7 @@ class SchedulerPods:
             run = self.running.pop(cluster_id)
             self._write_routes()
         if run.process.poll() is None:
-            dask_edge.stop(run.process)
+            stop(run.process)
 
     def _sync(self) -> None:
         selector = f"{contract.LABEL_COMPONENT}={contract.SCHEDULER}"
@@ -310,7 +310,7 @@ def file_edge(workdir: Path) -> Iterator[FileEdge]:
         wait_for(lambda: dask_edge.enabled_routers(api_port, "http"), f"Traefik ({log})", 30)
         yield FileEdge(edge, routes)
     finally:
-        dask_edge.stop(process)
+        stop(process)
 
 
 # --- the whole path of a user: a real JupyterHub, the user's server, the operator's API

@@ -31,7 +31,7 @@ from facility_operator.edge_routes import EdgeRoutes
 from facility_operator.settings import Settings
 
 from harness import dask_edge
-from harness.commands import tool
+from harness.commands import stop, tool
 from harness.hub import run_hub
 from harness.net import free_port, http_get, serve_app
 from harness.operator_stack import hub_values, user_tokens
@@ -94,7 +94,7 @@ def scheduler(tmp_path: Path) -> Iterator[Scheduler]:
         wait_for(lambda: "up, contact" in log.read_text(), f"the scheduler ({log})", 60)
         yield Scheduler(log, ports)
     finally:
-        dask_edge.stop(process)
+        stop(process)
 
 
 def test_the_scheduler_pods_probe_adds_no_line_to_its_log(scheduler: Scheduler) -> None:
@@ -162,7 +162,7 @@ def test_the_edges_ping_and_its_polls_of_the_operator_add_no_line(tmp_path: Path
                 lambda: " ERR " in log.read_text(), f"the failed poll in Traefik's log ({log})"
             )
         finally:
-            dask_edge.stop(traefik)
+            stop(traefik)
 
 
 # JupyterHub's access lines (jupyterhub.log.log_request): "[I <time> JupyterHub log:1] 200 GET /"
