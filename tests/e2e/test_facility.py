@@ -39,6 +39,7 @@ from harness.browser_network import browser_network
 from harness.examples import agc_analysis
 from harness.oidc import browser_login, jwt_claims
 from harness.paths import ROOT, TOOLS
+from harness.prometheus import Prometheus, scrape_config
 from harness.wait import wait_for
 
 pytestmark = [
@@ -73,6 +74,7 @@ KEPT_AFTER_UNINSTALL = {
     # ci/up's, not the chart's: the edge's and XCache's certificates, the development CA.
     ("secrets", f"{FULLNAME}-edge-tls"),
     ("secrets", f"{FULLNAME}-xcache-tls"),
+    ("secrets", f"{FULLNAME}-metrics-token"),
     ("configmaps", f"{FULLNAME}-dev-ca"),
     ("configmaps", "kube-root-ca.crt"),
     ("serviceaccounts", "default"),
@@ -101,6 +103,7 @@ class Facility:
     node_port: int = 30443
     shared: bool = False  # on make up's cluster, beside its facility
     browser: list[str] = field(default_factory=list)  # runs Chromium in its own network
+    prometheus: Prometheus | None = None  # scrapes the release from the start (harness.prometheus)
     durations: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -282,9 +285,16 @@ def facility(
             if line.startswith("advertise_ip=")
         )
         assert "mode=real" in cluster_env.splitlines()
+        metrics_token = state / "up" / f"{RELEASE}-metrics-token"  # ci/up's
+        site.prometheus = Prometheus(
+            work / "prometheus", scrape_config(state / "kubeconfig", NAMESPACE, metrics_token)
+        )
+        site.prometheus.start()
         with browser_network() as site.browser:
             yield site
     finally:
+        if site.prometheus is not None:
+            site.prometheus.stop()
         if shared:
             remove_release(site)
             report(request, f"tests/e2e on make up's cluster: {time.monotonic() - began:.0f}s")
@@ -983,6 +993,51 @@ def test_the_dask_panels_new_button_makes_a_cluster_that_computes(facility: Faci
     ended = requests.delete(f"{clusters}/{other.json()['id']}", headers=alice, verify=False,
                             timeout=60)  # fmt: skip
     assert ended.status_code in (200, 202, 204), ended.text
+
+
+# What Prometheus must have seen of the tests before (login, spawn, clusters, the AGC notebook's
+# reads through XCache): a PromQL expression over the run so far ({w}), in the tests' namespace
+# ({sel}), that must reach 1 or more.
+PATH_SEEN = {
+    "the logins (the hub's OAuth callbacks)": "sum(max_over_time("
+    'jupyterhub_request_duration_seconds_count{{{sel}, handler=~".*OAuthCallbackHandler"}}[{w}]))',
+    "alice's spawns": "sum(max_over_time("
+    'jupyterhub_server_spawn_duration_seconds_count{{{sel}, status="success"}}[{w}]))',
+    "alice's cluster Running": "max(max_over_time("
+    'facility_dask_clusters{{{sel}, phase="Running", user="alice"}}[{w}]))',
+    "workers connected": "max_over_time(sum("
+    'facility_dask_workers{{{sel}, state="connected"}})[{w}:5s])',
+    "a scheduler's own metrics, with its owner": "max(max_over_time("
+    'dask_scheduler_workers{{{sel}, facility_hep_io_owner="alice"}}[{w}]))',
+    "Dask connections through the edge": "max(max_over_time("
+    'traefik_open_connections{{{sel}, protocol="TCP"}}[{w}]))',
+    "alice's core-seconds": "max(max_over_time("
+    'facility_usage_core_seconds_total{{{sel}, user="alice"}}[{w}]))',
+}
+
+
+def test_prometheus_saw_the_physicists_path(facility: Facility) -> None:
+    """Mode: real node. A real Prometheus (harness.prometheus, built by ci/tools) has scraped the
+    release since it came up, finding its endpoints by the chart's scrape annotations and the
+    schedulers by their pods. Every target answers (the hub's with the scraper's token,
+    metrics.hub.tokenSecret), and what the tests before did shows as numbers that moved: the
+    logins, the spawns, alice's Running cluster and its connected workers, her scheduler's own
+    metrics, Dask connections through the edge and her core-seconds."""
+    prometheus = facility.prometheus
+    assert prometheus is not None
+    targets = prometheus.targets()
+    down = [(t["scrapeUrl"], t["lastError"]) for t in targets if t["health"] != "up"]
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {f"{FULLNAME}-hub", f"{FULLNAME}-operator", f"{FULLNAME}-edge-metrics"} <= jobs, jobs
+    window = f"{int(prometheus.uptime()) + 60}s"
+    selector = f'namespace="{NAMESPACE}"'
+    seen = {
+        what: prometheus.value(expr.format(sel=selector, w=window))
+        for what, expr in PATH_SEEN.items()
+    }
+    short = {what: got for what, got in seen.items() if got is None or got < 1}
+    assert not short, f"not seen by Prometheus: {short}\n(all: {seen}; targets down: {down})"
+    assert not down, down
 
 
 def test_the_internet_facing_edge_holds_no_token_and_reaches_no_api_server(

@@ -44,9 +44,10 @@ def test_every_tool_reports_its_pinned_version() -> None:
     # The Go module's v0.3XX.Y is Prometheus 3.XX.Y; the revision is the module's version.
     module = versions["PROMETHEUS_VERSION"]
     minor, patch = re.fullmatch(r"v0\.3(\d\d)\.(\d+)", module).groups()
-    assert output(tool("promtool"), "--version").startswith(
-        f"promtool, version 3.{int(minor)}.{patch} (branch: facility, revision: {module})"
-    )
+    for name in ("prometheus", "promtool"):
+        assert output(tool(name), "--version").startswith(
+            f"{name}, version 3.{int(minor)}.{patch} (branch: facility, revision: {module})"
+        )
 
 
 def test_helm_knows_a_real_kubernetes_version() -> None:
@@ -61,7 +62,7 @@ def test_second_run_does_no_work() -> None:
     start = time.monotonic()
     done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=120, check=True)
     elapsed = time.monotonic() - start
-    for name in ("kube", "etcd", "helm", "kwok", "traefik", "promtool"):
+    for name in ("kube", "etcd", "helm", "kwok", "traefik", "prometheus"):
         assert re.search(rf"\] {name} v\S+: cached$", done.stderr, re.MULTILINE), done.stderr
     assert "building" not in done.stderr
     assert elapsed < 30
