@@ -2,14 +2,12 @@
 (metrics.dashboards): every PromQL expression of every panel and variable parsed by Prometheus'
 own parser (promtool check rules on a rule file of one recording rule per expression, the
 dashboard variables replaced by valid stand-ins first), and the ConfigMaps Grafana's sidecar
-loads. Whether the queries return data is for a live Prometheus (not yet in the e2e layer)."""
+loads. Whether the queries return data: tests/e2e, against a live Prometheus."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,9 @@ import yaml
 
 from harness.chart import VALUES_DIR, objects, render
 from harness.commands import tool
+from harness.dashboards import DASHBOARDS, expressions, load, panels, with_variables
 from harness.paths import CHART
 
-DASHBOARDS = sorted((CHART / "files" / "dashboards").glob("*.json"))
 ON = ["--set", "metrics.dashboards.enabled=true"]
 # What Grafana puts in place of each variable, as PromQL accepts it there.
 STAND_INS = {
@@ -30,41 +28,11 @@ STAND_INS = {
     "__interval": "1m",
     "__range": "6h",
 }
-VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
-LABEL_VALUES = re.compile(r"^label_values\((.+),\s*\w+\)$", re.DOTALL)
 PLANNED = "facility_xcache_"  # the planned XCache exporter's metrics
 
 
-def load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in dashboard["panels"]:
-        yield panel
-        yield from panel.get("panels", [])  # a row's own
-
-
-def expressions(path: Path) -> Iterator[tuple[str, str]]:
-    """(where, PromQL) of every panel target and every query variable's selector."""
-    dashboard = load(path)
-    for panel in panels(dashboard):
-        for target in panel.get("targets", []):
-            yield f'{path.name}, panel "{panel["title"]}", target {target["refId"]}', target["expr"]
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] == "query":
-            match = LABEL_VALUES.match(variable["query"]["query"])
-            assert match, f"{path.name}: variable {variable['name']}: not label_values(...)"
-            yield f"{path.name}, variable {variable['name']}", match[1]
-
-
 def with_stand_ins(expr: str) -> str:
-    def stand_in(match: re.Match[str]) -> str:
-        name = match[1] or match[2]
-        assert name in STAND_INS, f"no stand-in for the variable ${name} in {expr}"
-        return STAND_INS[name]
-
-    return VARIABLE.sub(stand_in, expr)
+    return with_variables(expr, STAND_INS)
 
 
 def check_rules(exprs: list[str], folder: Path) -> subprocess.CompletedProcess[str]:

@@ -36,6 +36,7 @@ import requests
 import yaml
 
 from harness.browser_network import browser_network
+from harness.dashboards import DASHBOARDS, expressions, with_variables
 from harness.examples import agc_analysis
 from harness.oidc import browser_login, jwt_claims
 from harness.paths import ROOT, TOOLS
@@ -1038,6 +1039,44 @@ def test_prometheus_saw_the_physicists_path(facility: Facility) -> None:
     short = {what: got for what, got in seen.items() if got is None or got < 1}
     assert not short, f"not seen by Prometheus: {short}\n(all: {seen}; targets down: {down})"
     assert not down, down
+
+
+# Dashboard queries that may rightly find nothing after the tests before, and why.
+NO_DATA_EXPECTED = {
+    # kube-state-metrics' series: a site's Prometheus has them; this one scrapes the facility alone.
+    "kube_pod_labels": "no kube-state-metrics here",
+    # Errors that the run should not have had.
+    'status=~"5.."': "no 5xx answer from the operator",
+    'code=~"5.."': "no 5xx answer through the edge",
+    "facility_operator_reconcile_errors_total": "no failed reconcile",
+    # XCache's summary has no per-user numbers.
+    "sum by (user) (rate(facility_xcache_client_read_bytes_total": "no user label on XCache's",
+}
+
+
+def test_every_dashboard_query_finds_data_in_the_live_facility(facility: Facility) -> None:
+    """Mode: real node. Every query of the chart's dashboards, with Grafana's variables for
+    alice in the tests' namespace over the run so far, runs at the live Prometheus without error
+    and finds data, unless NO_DATA_EXPECTED says why it may not. Each query's answer is kept in
+    reports/e2e/dashboard-queries.json."""
+    prometheus = facility.prometheus
+    assert prometheus is not None
+    span = f"{int(prometheus.uptime()) + 60}s"
+    variables = {"namespace": NAMESPACE, "user": USER, "__rate_interval": span,
+                 "__interval": "30s", "__range": span}  # fmt: skip
+    found: dict[str, dict[str, Any]] = {}
+    for path in DASHBOARDS:
+        for where, expr in expressions(path):
+            query = with_variables(expr, variables)
+            found[where] = {"query": query, "series": len(prometheus.query(query))}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "dashboard-queries.json").write_text(json.dumps(found, indent=1))
+    empty = {
+        where: answer["query"]
+        for where, answer in found.items()
+        if not answer["series"] and not any(part in answer["query"] for part in NO_DATA_EXPECTED)
+    }
+    assert not empty, f"dashboard queries with no data: {json.dumps(empty, indent=1)}"
 
 
 def test_the_internet_facing_edge_holds_no_token_and_reaches_no_api_server(
