@@ -4,6 +4,7 @@ server, for the server-side dry runs of test_monitoring.py and test_alerts.py.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,5 +27,13 @@ def monitoring_crds(cluster: Path) -> Path:
 
 
 def established(crd: str) -> bool:
-    condition = '{.status.conditions[?(@.type=="Established")].status}'
-    return kubectl("get", "crd", crd, "-o", f"jsonpath={condition}").stdout == "True"
+    # Read whole: a jsonpath filter on the conditions fails while the CRD has none yet; and
+    # a CRD just applied may not be served yet (NotFound): both are "not yet".
+    got = kubectl("get", "crd", crd, "-o", "json", check=False)
+    if got.returncode != 0:
+        return False
+    conditions = json.loads(got.stdout)
+    return any(
+        c["type"] == "Established" and c["status"] == "True"
+        for c in conditions.get("status", {}).get("conditions", [])
+    )
