@@ -54,20 +54,18 @@ def _target_labels(kind: str) -> list[dict[str, Any]]:
     return rules
 
 
-def _annotated_services(
-    name: str, kubeconfig: Path, namespace: str, keep_component: str, drop: bool
-) -> dict[str, Any]:
-    """The Services that carry the chart's scrape annotations; `keep_component` the hub's alone
-    (drop=False) or every other (drop=True)."""
+def _annotated_services(kubeconfig: Path, namespace: str, hub: bool) -> dict[str, Any]:
+    """The Services that carry the chart's scrape annotations: the hub's alone (hub=True), whose
+    job sends the scraper's token, or every other."""
     return {
-        "job_name": name,
+        "job_name": "hub" if hub else "services",
         "kubernetes_sd_configs": _discovery("endpoints", kubeconfig, namespace),
         "relabel_configs": [
             {"source_labels": [ANNOTATION + "scrape"], "regex": "true", "action": "keep"},
             {
                 "source_labels": [COMPONENT],
-                "regex": keep_component,
-                "action": "drop" if drop else "keep",
+                "regex": "hub",
+                "action": "keep" if hub else "drop",
             },
             # The annotated port, on the endpoint's address (one target per pod, however many
             # ports the Service has: identical targets are merged).
@@ -91,7 +89,7 @@ def scrape_config(
     kubeconfig: Path, namespace: str, hub_token_file: Path, interval: str = "5s"
 ) -> dict[str, Any]:
     """Prometheus' configuration for one release in `namespace`."""
-    hub = _annotated_services("hub", kubeconfig, namespace, "hub", drop=False)
+    hub = _annotated_services(kubeconfig, namespace, hub=True)
     hub["authorization"] = {"type": "Bearer", "credentials_file": str(hub_token_file)}
     schedulers = {
         "job_name": "dask-scheduler",
@@ -119,7 +117,7 @@ def scrape_config(
         "global": {"scrape_interval": interval, "scrape_timeout": interval},
         "scrape_configs": [
             hub,
-            _annotated_services("services", kubeconfig, namespace, "hub", drop=True),
+            _annotated_services(kubeconfig, namespace, hub=False),
             schedulers,
         ],
     }
